@@ -1,0 +1,18 @@
+//! edgeguard's verdict code.
+//!
+//! Everything here is pure: no host calls, no clocks, no I/O. The wasm filters and the
+//! native sidecars compile the same code, so they reach the same answer for the same input.
+//!
+//! - [`token`]: JWS compact parsing and claim checks;
+//! - [`jwk`]: key sets (JWKS, HMAC secrets) and signature checks with strict alg/key binding;
+//! - [`rsa`]: a verify-only RSA built for speed inside V8's wasm runtime;
+//! - [`query`], [`identifier`], [`shape`]: Electric shape requests and shape claims;
+//! - [`reply`]: the JSON error bodies every edgeguard component answers with.
+
+pub mod identifier;
+pub mod jwk;
+pub mod query;
+pub mod reply;
+pub mod rsa;
+pub mod shape;
+pub mod token;
