@@ -1,0 +1,90 @@
+//! [`Host`] over proxy-wasm hostcalls. Every call returns `Result` in the SDK's low-level API;
+//! failures are logged or ignored, never unwrapped.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MapType, MetricType};
+
+use crate::{Host, Level, Metrics};
+
+fn to_log_level(level: Level) -> LogLevel {
+    match level {
+        Level::Trace => LogLevel::Trace,
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+        Level::Critical => LogLevel::Critical,
+    }
+}
+
+/// Writes one line to Envoy's log.
+pub fn log_line(level: Level, message: &str) {
+    let _ = hostcalls::log(to_log_level(level), message);
+}
+
+/// The host of the HTTP context the proxy is currently calling (or the effective context set
+/// with `set_effective_context`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyWasmHost;
+
+impl Host for ProxyWasmHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+            log_line(Level::Warn, &format!("edgeguard: could not set request header {name}"));
+        }
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str) {
+        if hostcalls::send_http_response(status, headers.to_vec(), Some(body.as_bytes())).is_err()
+        {
+            log_line(Level::Error, "edgeguard: could not send the local reply");
+        }
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        log_line(level, message);
+    }
+}
+
+/// Counters defined lazily through `proxy_define_metric`, cached per VM.
+#[derive(Debug, Default)]
+pub struct WasmMetrics {
+    ids: RefCell<HashMap<String, Option<u32>>>,
+}
+
+impl WasmMetrics {
+    fn id(&self, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(name) {
+            return *id;
+        }
+        let id = hostcalls::define_metric(MetricType::Counter, name).ok();
+        self.ids.borrow_mut().insert(name.to_string(), id);
+        id
+    }
+
+    /// Defines a counter up front so it shows (as 0) before the first increment.
+    pub fn define(&self, name: &str) {
+        let _ = self.id(name);
+    }
+}
+
+impl Metrics for WasmMetrics {
+    fn increment(&self, name: &str) {
+        if let Some(id) = self.id(name) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}

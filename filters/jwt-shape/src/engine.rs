@@ -1,0 +1,408 @@
+//! The request path of the filter, written against [`Host`] so it runs the same natively (in
+//! unit tests) and inside Envoy. One call decides one request: allow (after rewriting headers),
+//! deny with a local reply, or wait for keys that are being fetched.
+
+use std::rc::Rc;
+
+use edgeguard_host::{Host, Level, Metrics};
+use edgeguard_verdict::query::{self, QueryParam};
+use edgeguard_verdict::reply::json_body;
+use edgeguard_verdict::shape::{self, ClaimError};
+use edgeguard_verdict::token::{self, TokenError};
+
+use crate::cache::{TokenCache, Verified};
+use crate::config::{Config, Provider, Requirement, TokenLocation, Unmatched};
+use crate::keys::ProviderKeys;
+use crate::metrics;
+
+/// Mutable per-VM state: key sets and the verified-token cache.
+pub struct State {
+    pub keys: Vec<ProviderKeys>,
+    pub cache: TokenCache,
+}
+
+impl State {
+    pub fn new(config: &Config) -> State {
+        State {
+            keys: config
+                .providers
+                .iter()
+                .map(|p| ProviderKeys::new(&p.keys))
+                .collect(),
+            cache: TokenCache::new(config.cache_entries),
+        }
+    }
+}
+
+/// What became of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Continue upstream. `vary` asks for `Vary: Authorization` on the response.
+    Allowed { vary: bool },
+    /// A local reply was sent.
+    Denied,
+    /// Keys of this provider are being fetched: pause, and decide again when they arrive.
+    Wait { provider: usize },
+}
+
+/// The RFC 6750 challenge of a denial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Challenge {
+    None,
+    /// No token at all: `Bearer realm=...` without an error code (RFC 6750 3.1).
+    Missing,
+    InvalidToken,
+    InsufficientScope,
+}
+
+struct Denial {
+    status: u32,
+    reason: &'static str,
+    message: String,
+    challenge: Challenge,
+}
+
+impl Denial {
+    fn bad_request(reason: &'static str, message: impl ToString) -> Denial {
+        Denial {
+            status: 400,
+            reason,
+            message: message.to_string(),
+            challenge: Challenge::None,
+        }
+    }
+
+    fn token(e: &TokenError) -> Denial {
+        Denial {
+            status: 401,
+            reason: e.reason(),
+            message: e.to_string(),
+            challenge: Challenge::InvalidToken,
+        }
+    }
+
+    fn forbidden(reason: &'static str, message: impl ToString) -> Denial {
+        Denial {
+            status: 403,
+            reason,
+            message: message.to_string(),
+            challenge: Challenge::InsufficientScope,
+        }
+    }
+}
+
+/// Realm in `WWW-Authenticate` challenges.
+pub const REALM: &str = "edgeguard";
+
+fn challenge_value(challenge: Challenge, message: &str) -> Option<String> {
+    let description: String = message
+        .chars()
+        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .collect();
+    match challenge {
+        Challenge::None => None,
+        Challenge::Missing => Some(format!("Bearer realm=\"{REALM}\"")),
+        Challenge::InvalidToken => Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
+        )),
+        Challenge::InsufficientScope => Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{description}\""
+        )),
+    }
+}
+
+fn deny<H: Host, M: Metrics>(host: &H, metrics: &M, d: Denial) -> Outcome {
+    let body = json_body(d.status as u16, &d.message);
+    let www = challenge_value(d.challenge, &d.message);
+    let mut headers = vec![("content-type", "application/json"), ("vary", "Authorization")];
+    if let Some(w) = www.as_deref() {
+        headers.push(("www-authenticate", w));
+    }
+    host.log(
+        Level::Debug,
+        &format!("edgeguard jwt-shape: {} {} ({})", d.status, d.message, d.reason),
+    );
+    metrics.increment(&metrics::denied(d.reason));
+    host.send_response(d.status, &headers, &body);
+    Outcome::Denied
+}
+
+/// Where the token of a request came from.
+enum Found {
+    Header(String),
+    Param(String),
+}
+
+/// Finds the token in the provider's locations, in order.
+fn find_token<H: Host>(host: &H, provider: &Provider, params: &[QueryParam<'_>]) -> Option<(String, Found)> {
+    for loc in &provider.locations {
+        match loc {
+            TokenLocation::Header { name, prefix } => {
+                let Some(value) = host.request_header(name) else {
+                    continue;
+                };
+                let rest = match value.get(..prefix.len()) {
+                    Some(head) if head.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..).unwrap_or(""),
+                    _ => continue,
+                };
+                let token = rest.trim();
+                if !token.is_empty() {
+                    return Some((token.to_string(), Found::Header(name.clone())));
+                }
+            }
+            TokenLocation::Param(name) => {
+                if let Some(p) = params.iter().find(|p| p.name == name.as_str()) {
+                    if !p.value.is_empty() {
+                        return Some((p.value.to_string(), Found::Param(name.clone())));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Verifies a token (or finds it in the cache).
+enum Verification {
+    Ok(Rc<Verified>),
+    Err(TokenError),
+    Wait,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify<M: Metrics>(
+    config: &Config,
+    state: &mut State,
+    metrics: &M,
+    provider_index: usize,
+    provider: &Provider,
+    token: &str,
+    now: f64,
+    may_wait: bool,
+) -> Verification {
+    let Some(keys) = state.keys.get_mut(provider_index) else {
+        return Verification::Err(TokenError::KeysUnavailable);
+    };
+    let generation = keys.generation;
+    if let Some(hit) = state.cache.get(token, provider_index, generation, now) {
+        metrics.increment(metrics::CACHE_HIT);
+        return Verification::Ok(hit);
+    }
+    metrics.increment(metrics::CACHE_MISS);
+    let jws = match token::parse(token, config.max_token_bytes) {
+        Ok(j) => j,
+        Err(e) => return Verification::Err(e),
+    };
+    let Some(set) = keys.set.clone() else {
+        if may_wait && keys.first_load_pending(now) {
+            return Verification::Wait;
+        }
+        return Verification::Err(TokenError::KeysUnavailable);
+    };
+    if let Err(e) = set.verify(&jws, &provider.algorithms) {
+        if e == TokenError::UnknownKid && may_wait && keys.want_refetch(now) {
+            return Verification::Wait;
+        }
+        return Verification::Err(e);
+    }
+    let claims = match token::decode_claims(&jws) {
+        Ok(c) => c,
+        Err(e) => return Verification::Err(e),
+    };
+    let validity = match token::validate_claims(&claims, &provider.rules, now) {
+        Ok(v) => v,
+        Err(e) => return Verification::Err(e),
+    };
+    let shape = config
+        .binds_shapes()
+        .then(|| shape::shape_from_claim(&config.shape_claim, &claims));
+    let verified = Rc::new(Verified {
+        claims,
+        not_after: validity.not_after,
+        shape,
+    });
+    state.cache.insert(token, provider_index, generation, verified.clone());
+    Verification::Ok(verified)
+}
+
+/// Decides one request. `may_wait` is false when the request already waited for keys once.
+pub fn on_request<H: Host, M: Metrics>(
+    config: &Config,
+    state: &mut State,
+    host: &H,
+    metrics: &M,
+    now: f64,
+    may_wait: bool,
+) -> Outcome {
+    // Headers this filter sets are never taken from the client.
+    for h in &config.owned_headers {
+        host.remove_request_header(h);
+    }
+    let method = host.request_header(":method").unwrap_or_default();
+    let full_path = host.request_header(":path").unwrap_or_default();
+    let (path, raw_query) = query::split_path(&full_path);
+
+    if config.bypass_cors_preflight
+        && method == "OPTIONS"
+        && host.request_header("origin").is_some()
+        && host.request_header("access-control-request-method").is_some()
+    {
+        metrics.increment(metrics::BYPASSED);
+        return Outcome::Allowed { vary: false };
+    }
+
+    let Some(rule) = config.rule_for(&method, path) else {
+        return match config.unmatched {
+            Unmatched::Allow => {
+                metrics.increment(metrics::BYPASSED);
+                Outcome::Allowed { vary: false }
+            }
+            Unmatched::Deny => deny(
+                host,
+                metrics,
+                Denial {
+                    status: 403,
+                    reason: "no_rule",
+                    message: format!("no rule allows {method} {path}"),
+                    challenge: Challenge::None,
+                },
+            ),
+        };
+    };
+    let provider_index = match rule.requires {
+        Requirement::Public => {
+            metrics.increment(metrics::BYPASSED);
+            return Outcome::Allowed { vary: false };
+        }
+        Requirement::Provider(i) => i,
+    };
+    let Some(provider) = config.providers.get(provider_index) else {
+        return deny(host, metrics, Denial::token(&TokenError::KeysUnavailable));
+    };
+
+    let needs_query = rule.bind_shape
+        || provider
+            .locations
+            .iter()
+            .any(|l| matches!(l, TokenLocation::Param(_)));
+    let params = if needs_query {
+        match query::parse_query(raw_query.unwrap_or("")) {
+            Ok(p) => p,
+            Err(e) => return deny(host, metrics, Denial::bad_request("bad_query", e)),
+        }
+    } else {
+        Vec::new()
+    };
+
+    let Some((token, found)) = find_token(host, provider, &params) else {
+        return deny(
+            host,
+            metrics,
+            Denial {
+                status: 401,
+                reason: "missing_token",
+                message: "a bearer token is required".to_string(),
+                challenge: Challenge::Missing,
+            },
+        );
+    };
+
+    let requested_shape = if rule.bind_shape {
+        match shape::shape_from_query(&params) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // Check the token first: an anonymous client learns nothing about the query rules.
+                match verify(config, state, metrics, provider_index, provider, &token, now, may_wait) {
+                    Verification::Wait => return Outcome::Wait { provider: provider_index },
+                    Verification::Err(te) => return deny(host, metrics, Denial::token(&te)),
+                    Verification::Ok(_) => {}
+                }
+                return deny(host, metrics, Denial::bad_request("bad_query", e));
+            }
+        }
+    } else {
+        None
+    };
+
+    let verified = match verify(config, state, metrics, provider_index, provider, &token, now, may_wait) {
+        Verification::Ok(v) => v,
+        Verification::Wait => return Outcome::Wait { provider: provider_index },
+        Verification::Err(e) => return deny(host, metrics, Denial::token(&e)),
+    };
+
+    if let Some(requested) = &requested_shape {
+        match &verified.shape {
+            Some(Ok(allowed)) => {
+                if let Err(m) = shape::compare(allowed, requested) {
+                    return deny(host, metrics, Denial::forbidden("shape_mismatch", m));
+                }
+            }
+            Some(Err(e)) => return deny(host, metrics, Denial::forbidden("shape_claim", e)),
+            None => {
+                return deny(
+                    host,
+                    metrics,
+                    Denial::forbidden("shape_claim", ClaimError::Missing(config.shape_claim.clone())),
+                )
+            }
+        }
+    }
+
+    // Allowed: stamp claims, forward or strip the token, rewrite the query when needed.
+    for ch in &provider.claim_to_headers {
+        if let Some(v) = token::claim_at(&verified.claims, &ch.claim).and_then(token::claim_header_value) {
+            host.set_request_header(&ch.header, &v);
+        }
+    }
+    if let Some(h) = &provider.forward_payload_header {
+        if let Some(payload) = token.split('.').nth(1) {
+            host.set_request_header(h, payload);
+        }
+    }
+    let strip_param = match (&found, provider.forward) {
+        (Found::Header(h), false) => {
+            host.remove_request_header(h);
+            None
+        }
+        (Found::Param(p), false) => Some(p.as_str()),
+        _ => None,
+    };
+    if rule.bind_shape || strip_param.is_some() {
+        let kept: Vec<QueryParam<'_>> = params
+            .iter()
+            .filter(|p| strip_param.is_none_or(|s| p.name != s))
+            .cloned()
+            .collect();
+        let upstream = if rule.bind_shape {
+            shape::upstream_query(&kept, config.electric_secret.as_deref())
+        } else {
+            kept.iter().map(|p| p.raw).collect::<Vec<_>>().join("&")
+        };
+        let new_path = if upstream.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{upstream}")
+        };
+        if new_path != full_path {
+            host.set_request_header(":path", &new_path);
+        }
+    }
+    metrics.increment(metrics::ALLOWED);
+    Outcome::Allowed { vary: true }
+}
+
+/// Adds `Authorization` to the response's `Vary` (keeping what upstream set).
+pub fn vary_value(existing: Option<&str>) -> Option<String> {
+    match existing {
+        None => Some("Authorization".to_string()),
+        Some(v) if v.split(',').any(|p| {
+            let p = p.trim();
+            p.eq_ignore_ascii_case("authorization") || p == "*"
+        }) =>
+        {
+            None
+        }
+        Some(v) if v.trim().is_empty() => Some("Authorization".to_string()),
+        Some(v) => Some(format!("{v}, Authorization")),
+    }
+}
