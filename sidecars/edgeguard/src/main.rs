@@ -1,0 +1,45 @@
+//! `edgeguard`: the sidecar roles in one binary.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod echo;
+mod token;
+
+#[derive(Parser)]
+#[command(name = "edgeguard", version, about = "edgeguard sidecars and tools for the Envoy data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a shape-scoped HS256 token (prints the token only).
+    Token(token::TokenArgs),
+    /// Run a small upstream that echoes each request back as JSON (demo and tests).
+    Echo(echo::EchoArgs),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Token(args) => token::run(args),
+        Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeguard: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
