@@ -1,0 +1,242 @@
+//! A real Envoy, started from a bootstrap the test builds: one listener (HTTP/1.1 and h2c)
+//! routing everything to an upstream cluster, the HTTP filters under test before the router,
+//! admin on an ephemeral port.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::http;
+use crate::process::Proc;
+
+/// A static cluster on 127.0.0.1.
+pub fn cluster(name: &str, port: u16) -> Value {
+    cluster_opts(name, port, false)
+}
+
+/// A static cluster speaking HTTP/2 (gRPC).
+pub fn grpc_cluster(name: &str, port: u16) -> Value {
+    cluster_opts(name, port, true)
+}
+
+fn cluster_opts(name: &str, port: u16, h2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]
+        }
+    });
+    if h2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    c
+}
+
+/// The HTTP wasm filter loading `wasm_file` with `configuration` (a JSON string, exactly what
+/// `on_configure` receives). `env` lists host environment variables passed into the VM.
+pub fn wasm_filter(name: &str, wasm_file: &Path, configuration: &str, env: &[&str]) -> Value {
+    let mut vm = json!({
+        "vm_id": name,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm_file.to_string_lossy()}}
+    });
+    if !env.is_empty() {
+        vm["environment_variables"] = json!({"host_env_keys": env});
+    }
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                "vm_config": vm,
+                "failure_policy": "FAIL_CLOSED"
+            }
+        }
+    })
+}
+
+/// What to start.
+pub struct EnvoyConfig {
+    pub http_filters: Vec<Value>,
+    pub clusters: Vec<Value>,
+    pub upstream_port: u16,
+    pub concurrency: u32,
+    /// Extra process environment (for filters reading host env through the VM).
+    pub env: Vec<(String, String)>,
+}
+
+impl EnvoyConfig {
+    pub fn new(upstream_port: u16, http_filters: Vec<Value>) -> EnvoyConfig {
+        EnvoyConfig {
+            http_filters,
+            clusters: Vec::new(),
+            upstream_port,
+            concurrency: 1,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> Value {
+        let mut filters = self.http_filters.clone();
+        filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let mut clusters = vec![cluster("upstream", self.upstream_port)];
+        clusters.extend(self.clusters.iter().cloned());
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "main",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "codec_type": "AUTO",
+                            "max_request_headers_kb": 96,
+                            "normalize_path": true,
+                            "merge_slashes": true,
+                            "route_config": {"virtual_hosts": [{
+                                "name": "all",
+                                "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}}]
+                            }]},
+                            "http_filters": filters
+                        }
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready; panics with its log otherwise.
+    pub fn start(cfg: &EnvoyConfig) -> Envoy {
+        match Envoy::try_start(cfg) {
+            Ok(e) => e,
+            Err(log) => panic!("Envoy did not start:\n{log}"),
+        }
+    }
+
+    /// Starts Envoy; `Err(log)` when it exits instead of becoming ready.
+    pub fn try_start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bootstrap = dir.path().join("envoy.json");
+        std::fs::write(&bootstrap, cfg.bootstrap().to_string()).expect("write bootstrap");
+        let admin_file = dir.path().join("admin.txt");
+        let mut cmd = Command::new(crate::tools::envoy());
+        cmd.arg("-c")
+            .arg(&bootstrap)
+            .args(["--disable-hot-restart", "--concurrency", &cfg.concurrency.to_string()])
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .arg("--admin-address-path")
+            .arg(&admin_file);
+        for (k, v) in &cfg.env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn("envoy", cmd, &dir.path().join("envoy.log"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin_port = loop {
+            if !proc.running() {
+                return Err(proc.log_text());
+            }
+            if let Some(port) = std::fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+            {
+                break port;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no admin address after 30 s\n{}", proc.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        loop {
+            if !proc.running() {
+                return Err(proc.log_text());
+            }
+            let ready = http::get(admin_port, "/ready", &[]).map(|r| r.body.trim() == "LIVE");
+            if ready.unwrap_or(false) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after 30 s\n{}", proc.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listeners = http::get(admin_port, "/listeners?format=json", &[])
+            .map_err(|e| format!("admin /listeners: {e}"))?;
+        let v: Value = serde_json::from_str(&listeners.body).map_err(|e| e.to_string())?;
+        let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .ok_or_else(|| format!("no listener port in {v}"))? as u16;
+        Ok(Envoy {
+            port,
+            admin_port,
+            proc,
+            _dir: dir,
+        })
+    }
+
+    /// A request to the listener.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> http::Resp {
+        http::get(self.port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> http::Resp {
+        http::request(self.port, method, path, headers, "").unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `/stats/prometheus`.
+    pub fn prometheus(&self) -> String {
+        http::get(self.admin_port, "/stats/prometheus", &[])
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// The value of a counter on `/stats/prometheus` (sum over label sets), 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.prometheus(), name)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+/// Sums a metric's samples in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

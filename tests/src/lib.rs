@@ -1,0 +1,13 @@
+//! Harness for edgeguard's integration tests: the tools the Makefile installed, a real Envoy
+//! started on free ports with the built `.wasm`, the `edgeguard` binary as echo upstream,
+//! a controllable JWKS server, and key/token helpers for every JWS algorithm.
+//!
+//! Paths come from the environment the Makefile sets (`EDGEGUARD_ENVOY`, `EDGEGUARD_WASM_DIR`,
+//! `EDGEGUARD_BIN`, `EDGEGUARD_GRPCURL`), with defaults relative to the workspace.
+
+pub mod envoy;
+pub mod http;
+pub mod jwks_server;
+pub mod keys;
+pub mod process;
+pub mod tools;

