@@ -1,13 +1,26 @@
 //! RS256 / PS256 verification benchmark: edgeguard's verify-only RSA against the `rsa` crate.
 //!
 //! ```text
-//! cargo run --release --example rsa_bench -p edgeguard-verdict [-- ITERATIONS]
+//! cargo run --release --example rsa_bench -p edgeguard-verdict [-- ITERATIONS [ROUNDS]]
 //! cargo build --release --example rsa_bench --target wasm32-wasip1 -p edgeguard-verdict
-//! node --no-warnings run.mjs target/wasm32-wasip1/release/examples/rsa_bench.wasm [ITERATIONS]
+//! node --no-warnings run.mjs target/wasm32-wasip1/release/examples/rsa_bench.wasm [ITERATIONS [ROUNDS]]
 //! ```
 //!
-//! The key and signatures are a fixed 2048-bit test vector (no key generation in wasm). It was
-//! produced natively by `cargo run --release --example rsa_bench -p edgeguard-verdict -- --gen`.
+//! where `run.mjs` is a few lines of Node's WASI (Node 20: V8, like Envoy's wasm runtime):
+//!
+//! ```text
+//! import { readFile } from 'node:fs/promises';
+//! import { WASI } from 'node:wasi';
+//! const [file, ...args] = process.argv.slice(2);
+//! const wasi = new WASI({ version: 'preview1', args: [file, ...args] });
+//! const module = await WebAssembly.compile(await readFile(file));
+//! process.exitCode = wasi.start(await WebAssembly.instantiate(module, wasi.getImportObject()));
+//! ```
+//!
+//! Every case runs `ITERATIONS` times (default 2000) in `ROUNDS` interleaved rounds (default 5)
+//! after a warm-up; the best and the median round are printed. The key and signatures are a
+//! fixed 2048-bit test vector (no key generation in wasm), produced natively by
+//! `cargo run --release --example rsa_bench -p edgeguard-verdict -- --gen`.
 
 use std::error::Error;
 use std::hint::black_box;
@@ -19,7 +32,8 @@ use sha2::{Digest, Sha256};
 const DEFAULT_ITERATIONS: u32 = 2000;
 
 /// Signed message (a JWS signing input: base64url header "." base64url payload).
-const MESSAGE: &[u8] = b"eyJhbGciOiJSUzI1NiIsImtpZCI6ImJlbmNoIn0.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0";
+const MESSAGE: &[u8] =
+    b"eyJhbGciOiJSUzI1NiIsImtpZCI6ImJlbmNoIn0.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0";
 /// Public exponent, big-endian hex.
 const E_HEX: &str = "010001";
 /// Modulus, big-endian hex.
@@ -30,7 +44,7 @@ const RS256_SIG_HEX: &str = "61a50f778db11d78556443f1422e7207b29c2c89e8c589c1e78
 const PS256_SIG_HEX: &str = "9f327c3b4e49dda421a2113979657d603d0cfa902552c3f7c94dd6a4db2fcc71a6aeee7096c2a85593c8dbfaddd1d9605214f8b462e536e01c5236b823025325c44b27175d7c06c214ce21fae33a6c42616cc03b9d1b9e5beca6ac7b2e6181ce181f511f4e6e7de01c92cb114ea3ace6eef35c8a7bd86fa8af9732225afe81440ea64fdd5e34aab5116c4828199850c61fc05d266526b9ffea339142b04d95674af1b00e303cd92db042d4b3b6b9c1103a3c55c048dd709e7e16154eb9f0e7524fd98fe79932d105ce8d55c286ed170cc2f411dd6641415162308f7727409f13d878ed31de974c10e286d37ab0d6ba32bb8ea10e568eb1eb61f494de5618a891";
 
 fn hex(s: &str) -> Result<Vec<u8>, Box<dyn Error>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     (0..s.len())
@@ -43,34 +57,72 @@ fn hex(s: &str) -> Result<Vec<u8>, Box<dyn Error>> {
         .collect()
 }
 
-/// Runs `f` `iterations` times after a short warm-up; returns µs per call.
-fn time_per_op(iterations: u32, mut f: impl FnMut() -> bool) -> Result<f64, Box<dyn Error>> {
-    for _ in 0..iterations.div_ceil(10).max(1) {
-        if !black_box(f()) {
-            return Err("verification failed".into());
+/// One measured operation; returns whether it succeeded (a verification that fails means the
+/// benchmark is broken).
+struct Case<'a> {
+    name: &'static str,
+    op: Box<dyn FnMut() -> bool + 'a>,
+    /// Calls per round relative to the verification count (key parsing is timed less often).
+    weight: f64,
+    samples: Vec<f64>,
+}
+
+/// Times every case in `rounds` interleaved rounds after a warm-up (so that V8 has tiered the
+/// code up and a noisy neighbour affects all cases alike); prints µs per call, best and median
+/// round.
+fn run(cases: &mut [Case<'_>], iterations: u32, rounds: u32) -> Result<(), Box<dyn Error>> {
+    for case in cases.iter_mut() {
+        let calls = ((f64::from(iterations) * case.weight / 10.0) as u32).max(1);
+        for _ in 0..calls {
+            if !black_box((case.op)()) {
+                return Err(format!("{} failed", case.name).into());
+            }
         }
     }
-    let start = Instant::now();
-    let mut ok = true;
-    for _ in 0..iterations {
-        ok &= black_box(f());
+    for _ in 0..rounds {
+        for case in cases.iter_mut() {
+            let calls = ((f64::from(iterations) * case.weight / f64::from(rounds)) as u32).max(1);
+            let start = Instant::now();
+            let mut ok = true;
+            for _ in 0..calls {
+                ok &= black_box((case.op)());
+            }
+            let elapsed = start.elapsed();
+            if !ok {
+                return Err(format!("{} failed", case.name).into());
+            }
+            case.samples
+                .push(elapsed.as_secs_f64() * 1e6 / f64::from(calls));
+        }
     }
-    let elapsed = start.elapsed();
-    if !ok {
-        return Err("verification failed".into());
+    println!("{:<40} {:>10} {:>10}", "µs per call", "best", "median");
+    for case in cases.iter_mut() {
+        case.samples.sort_by(f64::total_cmp);
+        let best = case.samples.first().copied().unwrap_or(f64::NAN);
+        let median = case
+            .samples
+            .get(case.samples.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN);
+        println!("{:<40} {best:>10.1} {median:>10.1}", case.name);
     }
-    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(iterations.max(1)))
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let arg = std::env::args().nth(1);
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
     #[cfg(not(target_arch = "wasm32"))]
-    if arg.as_deref() == Some("--gen") {
+    if first.as_deref() == Some("--gen") {
         return generate();
     }
-    let iterations = match arg {
+    let iterations = match first {
         Some(a) => a.parse::<u32>()?,
         None => DEFAULT_ITERATIONS,
+    };
+    let rounds = match args.next() {
+        Some(a) => a.parse::<u32>()?.max(1),
+        None => 5,
     };
 
     let n = hex(N_HEX)?;
@@ -78,36 +130,71 @@ fn main() -> Result<(), Box<dyn Error>> {
     let rs256 = hex(RS256_SIG_HEX)?;
     let ps256 = hex(PS256_SIG_HEX)?;
     let digest = Sha256::digest(MESSAGE);
-
-    let target = if cfg!(target_arch = "wasm32") { "wasm32" } else { "native" };
-    println!("2048-bit key, e = 65537, {iterations} iterations, {target}");
-
-    let parse_start = Instant::now();
     let key = RsaPublicKey::from_be_bytes(&n, &e)?;
-    println!("edgeguard from_be_bytes          {:9.1} µs (once)", parse_start.elapsed().as_secs_f64() * 1e6);
-    let us = time_per_op(iterations, || {
-        key.verify_pkcs1v15(HashAlg::Sha256, black_box(&digest), black_box(&rs256))
-    })?;
-    println!("edgeguard verify_pkcs1v15 RS256  {us:9.1} µs/op");
-    let us = time_per_op(iterations, || {
-        key.verify_pss(HashAlg::Sha256, black_box(&digest), black_box(&ps256))
-    })?;
-    println!("edgeguard verify_pss      PS256  {us:9.1} µs/op");
+    let theirs = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&n),
+        rsa::BigUint::from_bytes_be(&e),
+    )?;
 
-    let theirs = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(&n), rsa::BigUint::from_bytes_be(&e))?;
-    let us = time_per_op(iterations, || {
-        theirs
-            .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), black_box(&digest), black_box(&rs256))
-            .is_ok()
-    })?;
-    println!("rsa 0.9   verify Pkcs1v15    RS256  {us:9.1} µs/op");
-    let us = time_per_op(iterations, || {
-        theirs
-            .verify(rsa::Pss::new::<Sha256>(), black_box(&digest), black_box(&ps256))
-            .is_ok()
-    })?;
-    println!("rsa 0.9   verify Pss         PS256  {us:9.1} µs/op");
-    Ok(())
+    let target = if cfg!(target_arch = "wasm32") {
+        "wasm32"
+    } else {
+        "native"
+    };
+    println!(
+        "{target}: 2048-bit key, e = 65537, {iterations} verifications per case in {rounds} rounds"
+    );
+    let mut cases = vec![
+        Case {
+            name: "edgeguard verify_pkcs1v15 (RS256)",
+            op: Box::new(|| {
+                key.verify_pkcs1v15(HashAlg::Sha256, black_box(&digest), black_box(&rs256))
+            }),
+            weight: 1.0,
+            samples: Vec::new(),
+        },
+        Case {
+            name: "edgeguard verify_pss (PS256)",
+            op: Box::new(|| key.verify_pss(HashAlg::Sha256, black_box(&digest), black_box(&ps256))),
+            weight: 1.0,
+            samples: Vec::new(),
+        },
+        Case {
+            name: "edgeguard from_be_bytes (per JWK)",
+            op: Box::new(|| RsaPublicKey::from_be_bytes(black_box(&n), black_box(&e)).is_ok()),
+            weight: 0.1,
+            samples: Vec::new(),
+        },
+        Case {
+            name: "rsa 0.9 verify Pkcs1v15Sign (RS256)",
+            op: Box::new(|| {
+                theirs
+                    .verify(
+                        rsa::Pkcs1v15Sign::new::<Sha256>(),
+                        black_box(&digest),
+                        black_box(&rs256),
+                    )
+                    .is_ok()
+            }),
+            weight: 1.0,
+            samples: Vec::new(),
+        },
+        Case {
+            name: "rsa 0.9 verify Pss (PS256)",
+            op: Box::new(|| {
+                theirs
+                    .verify(
+                        rsa::Pss::new::<Sha256>(),
+                        black_box(&digest),
+                        black_box(&ps256),
+                    )
+                    .is_ok()
+            }),
+            weight: 1.0,
+            samples: Vec::new(),
+        },
+    ];
+    run(&mut cases, iterations, rounds)
 }
 
 /// Prints a fresh test vector (seeded, so reproducible) as Rust constants.
@@ -123,7 +210,10 @@ fn generate() -> Result<(), Box<dyn Error>> {
     let ps256 = private.sign_with_rng(&mut rng, rsa::Pss::new::<Sha256>(), &digest)?;
     let to_hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     println!("/// Modulus, big-endian hex.");
-    println!("const N_HEX: &str = \"{}\";", to_hex(&private.n().to_bytes_be()));
+    println!(
+        "const N_HEX: &str = \"{}\";",
+        to_hex(&private.n().to_bytes_be())
+    );
     println!("/// RS256 (RSASSA-PKCS1-v1_5 with SHA-256) signature of `MESSAGE`.");
     println!("const RS256_SIG_HEX: &str = \"{}\";", to_hex(&rs256));
     println!("/// PS256 (RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt) signature of `MESSAGE`.");

@@ -31,7 +31,10 @@ impl fmt::Display for IdentifierError {
         match self {
             IdentifierError::Empty => f.write_str("zero-length identifier"),
             IdentifierError::TooLong => {
-                write!(f, "identifier longer than {MAX_IDENTIFIER_CHARS} characters")
+                write!(
+                    f,
+                    "identifier longer than {MAX_IDENTIFIER_CHARS} characters"
+                )
             }
             IdentifierError::InvalidUnquoted(s) => {
                 write!(f, "unquoted identifier '{s}' contains special characters")
@@ -219,7 +222,10 @@ mod tests {
             r("foo.woah", "bar")
         );
         assert_eq!(parse_relation("\"foo\".bar").unwrap(), r("foo", "bar"));
-        assert_eq!(parse_relation("PUBLIC.Items").unwrap(), r("public", "items"));
+        assert_eq!(
+            parse_relation("PUBLIC.Items").unwrap(),
+            r("public", "items")
+        );
         assert!(parse_relation("\"foo\".\"bar").is_err());
         assert!(matches!(
             parse_relation("foo.bar.baz"),

@@ -76,7 +76,9 @@ pub enum JwksError {
     TooManyKeys,
     /// Every key was skipped; the reasons of the skipped keys.
     NoUsableKeys(Vec<String>),
-    WeakSecret { bytes: usize },
+    WeakSecret {
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for JwksError {

@@ -61,10 +61,16 @@ impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QueryError::BadPercentEncoding { segment } => {
-                write!(f, "malformed percent-encoding in query parameter '{segment}'")
+                write!(
+                    f,
+                    "malformed percent-encoding in query parameter '{segment}'"
+                )
             }
             QueryError::NotUtf8 { segment } => {
-                write!(f, "query parameter '{segment}' is not valid UTF-8 once decoded")
+                write!(
+                    f,
+                    "query parameter '{segment}' is not valid UTF-8 once decoded"
+                )
             }
             QueryError::TooManyParams => {
                 write!(f, "query string has more than {MAX_PARAMS} parameters")
@@ -103,9 +109,10 @@ pub fn decode_component(s: &str) -> Result<Cow<'_, str>, QueryError> {
         match b {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).unwrap_or(&[]);
-                let decoded = decode_hex_pair(hex).ok_or_else(|| QueryError::BadPercentEncoding {
-                    segment: printable(s),
-                })?;
+                let decoded =
+                    decode_hex_pair(hex).ok_or_else(|| QueryError::BadPercentEncoding {
+                        segment: printable(s),
+                    })?;
                 out.push(decoded);
                 i += 3;
             }

@@ -22,6 +22,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["code"], 401);
         assert_eq!(v["message"], "bad \"token\"\n");
-        assert_eq!(json_body(404, "portal app not found"), r#"{"code": 404, "message": "portal app not found"}"#);
+        assert_eq!(
+            json_body(404, "portal app not found"),
+            r#"{"code": 404, "message": "portal app not found"}"#
+        );
     }
 }

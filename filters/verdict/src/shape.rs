@@ -399,7 +399,9 @@ pub fn shape_from_claim(claim_name: &str, claims: &Value) -> Result<Shape, Claim
     };
     let replica = match opt_str(obj, "replica")? {
         None => Replica::Default,
-        Some(v) => parse_replica(v).ok_or_else(|| bad_field("replica", "expected 'default' or 'full'"))?,
+        Some(v) => {
+            parse_replica(v).ok_or_else(|| bad_field("replica", "expected 'default' or 'full'"))?
+        }
     };
     let log = match opt_str(obj, "log")? {
         None => LogMode::Full,
@@ -510,10 +512,13 @@ mod tests {
 
     #[test]
     fn every_shape_field_is_bound() {
-        let c = claim(json!({"table": "items", "where": "user_id = $1", "params": {"1": "42"},
-            "columns": ["id", "Title"], "replica": "full"}))
+        let c = claim(
+            json!({"table": "items", "where": "user_id = $1", "params": {"1": "42"},
+            "columns": ["id", "Title"], "replica": "full"}),
+        )
         .unwrap();
-        let ok = "table=items&where=user_id+%3D+%241&params%5B1%5D=42&columns=title,ID&replica=full";
+        let ok =
+            "table=items&where=user_id+%3D+%241&params%5B1%5D=42&columns=title,ID&replica=full";
         assert_eq!(compare(&c, &req(ok).unwrap()), Ok(()));
         let cases = [
             ("table=other&where=user_id+%3D+%241&params[1]=42&columns=id,title&replica=full", "table"),
@@ -538,7 +543,10 @@ mod tests {
     #[test]
     fn empty_where_is_not_absent_where() {
         let c = claim(json!({"table": "items", "where": null})).unwrap();
-        assert_eq!(compare(&c, &req("table=items&where=").unwrap()), Err(Mismatch("where")));
+        assert_eq!(
+            compare(&c, &req("table=items&where=").unwrap()),
+            Err(Mismatch("where"))
+        );
     }
 
     #[test]
@@ -546,11 +554,23 @@ mod tests {
         let c = claim(json!({"table": "\"MyTable\"", "namespace": "App"})).unwrap();
         assert_eq!(c.relation.schema, "app");
         assert_eq!(c.relation.name, "MyTable");
-        assert_eq!(compare(&c, &req("table=app.%22MyTable%22").unwrap()), Ok(()));
-        assert_eq!(compare(&c, &req("table=APP.%22MyTable%22").unwrap()), Ok(()));
-        assert_eq!(compare(&c, &req("table=app.MyTable").unwrap()), Err(Mismatch("table")));
+        assert_eq!(
+            compare(&c, &req("table=app.%22MyTable%22").unwrap()),
+            Ok(())
+        );
+        assert_eq!(
+            compare(&c, &req("table=APP.%22MyTable%22").unwrap()),
+            Ok(())
+        );
+        assert_eq!(
+            compare(&c, &req("table=app.MyTable").unwrap()),
+            Err(Mismatch("table"))
+        );
         let c = claim(json!({"table": "app.\"MyTable\""})).unwrap();
-        assert_eq!(compare(&c, &req("table=app.%22MyTable%22").unwrap()), Ok(()));
+        assert_eq!(
+            compare(&c, &req("table=app.%22MyTable%22").unwrap()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -558,23 +578,50 @@ mod tests {
         let arr = claim(json!({"table": "t", "columns": ["b", "a"]})).unwrap();
         let s = claim(json!({"table": "t", "columns": "a,b"})).unwrap();
         assert_eq!(arr, s);
-        for q in ["table=t&columns=a,b", "table=t&columns=b,a", "table=t&columns=%22a%22,B", "table=t&columns=a%2Cb"] {
+        for q in [
+            "table=t&columns=a,b",
+            "table=t&columns=b,a",
+            "table=t&columns=%22a%22,B",
+            "table=t&columns=a%2Cb",
+        ] {
             assert_eq!(compare(&arr, &req(q).unwrap()), Ok(()), "{q}");
         }
-        assert!(matches!(req("table=t&columns=a,,b"), Err(ShapeQueryError::Invalid { .. })));
-        assert!(matches!(req("table=t&columns="), Err(ShapeQueryError::Invalid { .. })));
-        assert!(matches!(req("table=t&columns=a%20b"), Err(ShapeQueryError::Invalid { .. })));
+        assert!(matches!(
+            req("table=t&columns=a,,b"),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
+        assert!(matches!(
+            req("table=t&columns="),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
+        assert!(matches!(
+            req("table=t&columns=a%20b"),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn params_forms() {
-        let obj = claim(json!({"table": "t", "where": "a=$1 and b=$2", "params": {"1": "x", "2": 7}})).unwrap();
-        let arr = claim(json!({"table": "t", "where": "a=$1 and b=$2", "params": ["x", "7"]})).unwrap();
+        let obj =
+            claim(json!({"table": "t", "where": "a=$1 and b=$2", "params": {"1": "x", "2": 7}}))
+                .unwrap();
+        let arr =
+            claim(json!({"table": "t", "where": "a=$1 and b=$2", "params": ["x", "7"]})).unwrap();
         assert_eq!(obj, arr);
         let q = "table=t&where=a%3D%241+and+b%3D%242&params%5B2%5D=7&params[1]=x";
         assert_eq!(compare(&obj, &req(q).unwrap()), Ok(()));
-        for bad in ["table=t&params[0]=x", "table=t&params[01]=x", "table=t&params=x", "table=t&params[a]=x", "table=t&params[1][x]=y", "table=t&table[x]=y"] {
-            assert!(matches!(req(bad), Err(ShapeQueryError::Invalid { .. })), "{bad}");
+        for bad in [
+            "table=t&params[0]=x",
+            "table=t&params[01]=x",
+            "table=t&params=x",
+            "table=t&params[a]=x",
+            "table=t&params[1][x]=y",
+            "table=t&table[x]=y",
+        ] {
+            assert!(
+                matches!(req(bad), Err(ShapeQueryError::Invalid { .. })),
+                "{bad}"
+            );
         }
         assert!(claim(json!({"table": "t", "params": {"0": "x"}})).is_err());
         assert!(claim(json!({"table": "t", "params": {"1": {"x": 1}}})).is_err());
@@ -582,13 +629,34 @@ mod tests {
 
     #[test]
     fn duplicates_and_smuggling_are_refused() {
-        assert_eq!(req("table=a&table=b"), Err(ShapeQueryError::Duplicate("table".into())));
-        assert_eq!(req("table=a&%74able=b"), Err(ShapeQueryError::EncodedName("table".into())));
-        assert_eq!(req("%74able=a"), Err(ShapeQueryError::EncodedName("table".into())));
-        assert_eq!(req("table=a&wh%65re=x"), Err(ShapeQueryError::EncodedName("where".into())));
-        assert_eq!(req("table=a&params[1]=x&params%5B1%5D=y"), Err(ShapeQueryError::Duplicate("params[1]".into())));
-        assert_eq!(req("table=a&secret=1&secret=2"), Err(ShapeQueryError::Duplicate("secret".into())));
-        assert_eq!(req("table=a&s%65cret=1"), Err(ShapeQueryError::EncodedName("secret".into())));
+        assert_eq!(
+            req("table=a&table=b"),
+            Err(ShapeQueryError::Duplicate("table".into()))
+        );
+        assert_eq!(
+            req("table=a&%74able=b"),
+            Err(ShapeQueryError::EncodedName("table".into()))
+        );
+        assert_eq!(
+            req("%74able=a"),
+            Err(ShapeQueryError::EncodedName("table".into()))
+        );
+        assert_eq!(
+            req("table=a&wh%65re=x"),
+            Err(ShapeQueryError::EncodedName("where".into()))
+        );
+        assert_eq!(
+            req("table=a&params[1]=x&params%5B1%5D=y"),
+            Err(ShapeQueryError::Duplicate("params[1]".into()))
+        );
+        assert_eq!(
+            req("table=a&secret=1&secret=2"),
+            Err(ShapeQueryError::Duplicate("secret".into()))
+        );
+        assert_eq!(
+            req("table=a&s%65cret=1"),
+            Err(ShapeQueryError::EncodedName("secret".into()))
+        );
         // duplicated pagination params are Electric's business
         assert!(req("table=a&offset=1&offset=2").is_ok());
         // a double-encoded name is not a shape parameter for anyone (Plug decodes once)
@@ -598,22 +666,55 @@ mod tests {
 
     #[test]
     fn bad_enum_values() {
-        assert!(matches!(req("table=t&replica=partial"), Err(ShapeQueryError::Invalid { .. })));
-        assert!(matches!(req("table=t&log=x"), Err(ShapeQueryError::Invalid { .. })));
-        assert!(matches!(req("table=t&experimental_compaction=yes"), Err(ShapeQueryError::Invalid { .. })));
+        assert!(matches!(
+            req("table=t&replica=partial"),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
+        assert!(matches!(
+            req("table=t&log=x"),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
+        assert!(matches!(
+            req("table=t&experimental_compaction=yes"),
+            Err(ShapeQueryError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn claim_errors() {
-        assert_eq!(shape_from_claim("shape", &json!({"sub": "x"})), Err(ClaimError::Missing("shape".into())));
-        assert_eq!(shape_from_claim("shape", &json!({"shape": "items"})), Err(ClaimError::NotObject("shape".into())));
-        assert_eq!(shape_from_claim("shape", &json!({"shape": null})), Err(ClaimError::NotObject("shape".into())));
+        assert_eq!(
+            shape_from_claim("shape", &json!({"sub": "x"})),
+            Err(ClaimError::Missing("shape".into()))
+        );
+        assert_eq!(
+            shape_from_claim("shape", &json!({"shape": "items"})),
+            Err(ClaimError::NotObject("shape".into()))
+        );
+        assert_eq!(
+            shape_from_claim("shape", &json!({"shape": null})),
+            Err(ClaimError::NotObject("shape".into()))
+        );
         assert_eq!(claim(json!({"where": null})), Err(ClaimError::MissingTable));
-        assert!(matches!(claim(json!({"table": 5})), Err(ClaimError::BadField { .. })));
-        assert!(matches!(claim(json!({"table": "t", "columns": [1]})), Err(ClaimError::BadField { .. })));
-        assert!(matches!(claim(json!({"table": "t", "columns": []})), Err(ClaimError::BadField { .. })));
-        assert!(matches!(claim(json!({"table": "t", "subset": "x"})), Err(ClaimError::BadField { .. })));
-        assert!(matches!(claim(json!({"table": "a.b.c"})), Err(ClaimError::BadField { .. })));
+        assert!(matches!(
+            claim(json!({"table": 5})),
+            Err(ClaimError::BadField { .. })
+        ));
+        assert!(matches!(
+            claim(json!({"table": "t", "columns": [1]})),
+            Err(ClaimError::BadField { .. })
+        ));
+        assert!(matches!(
+            claim(json!({"table": "t", "columns": []})),
+            Err(ClaimError::BadField { .. })
+        ));
+        assert!(matches!(
+            claim(json!({"table": "t", "subset": "x"})),
+            Err(ClaimError::BadField { .. })
+        ));
+        assert!(matches!(
+            claim(json!({"table": "a.b.c"})),
+            Err(ClaimError::BadField { .. })
+        ));
     }
 
     #[test]
@@ -627,7 +728,8 @@ mod tests {
         assert_eq!(upstream_query(&[], Some("x")), "secret=x");
     }
 
-    fn arb_shape() -> impl Strategy<Value = (String, Option<String>, Vec<String>, Vec<String>, bool)> {
+    fn arb_shape() -> impl Strategy<Value = (String, Option<String>, Vec<String>, Vec<String>, bool)>
+    {
         (
             "[a-z_][a-z0-9_]{0,10}",
             proptest::option::of("\\PC{0,20}"),

@@ -96,7 +96,9 @@ impl fmt::Display for Algorithm {
 /// Why a token was refused. Every variant is a 401 `invalid_token`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenError {
-    TooLarge { max: usize },
+    TooLarge {
+        max: usize,
+    },
     Malformed(&'static str),
     /// `alg` is `none`, unknown, or not allowed for this provider.
     Algorithm(String),
@@ -111,7 +113,10 @@ pub enum TokenError {
     NotYetValid,
     IssuedInFuture,
     MissingClaim(String),
-    ClaimType { claim: String, expected: &'static str },
+    ClaimType {
+        claim: String,
+        expected: &'static str,
+    },
     Issuer,
     Audience,
 }
@@ -191,8 +196,8 @@ pub fn parse(token: &str, max_len: usize) -> Result<Jws<'_>, TokenError> {
     let header = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| TokenError::Malformed("header is not base64url"))?;
-    let header: Value = serde_json::from_slice(&header)
-        .map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    let header: Value =
+        serde_json::from_slice(&header).map_err(|_| TokenError::Malformed("header is not JSON"))?;
     let header = header
         .as_object()
         .ok_or(TokenError::Malformed("header is not a JSON object"))?;
@@ -204,7 +209,9 @@ pub fn parse(token: &str, max_len: usize) -> Result<Jws<'_>, TokenError> {
     };
     if header.contains_key("crit") {
         // RFC 7515 4.1.11: we understand no extensions, so a critical one must be refused.
-        return Err(TokenError::Malformed("header has unsupported 'crit' extensions"));
+        return Err(TokenError::Malformed(
+            "header has unsupported 'crit' extensions",
+        ));
     }
     let kid = match header.get("kid") {
         None | Some(Value::Null) => None,
@@ -281,7 +288,11 @@ fn numeric_date(claims: &Value, name: &str) -> Result<Option<f64>, TokenError> {
 }
 
 /// Checks time, issuer, audience and required claims at `now` (Unix seconds).
-pub fn validate_claims(claims: &Value, rules: &ClaimRules, now: f64) -> Result<Validity, TokenError> {
+pub fn validate_claims(
+    claims: &Value,
+    rules: &ClaimRules,
+    now: f64,
+) -> Result<Validity, TokenError> {
     let skew = rules.clock_skew_seconds as f64;
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
@@ -408,7 +419,10 @@ mod tests {
 
     #[test]
     fn parses_header_and_keeps_signing_input() {
-        let t = tok(json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}), json!({"sub": "a"}));
+        let t = tok(
+            json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}),
+            json!({"sub": "a"}),
+        );
         let jws = parse(&t, 8192).unwrap();
         assert_eq!(jws.alg, Algorithm::RS256);
         assert_eq!(jws.kid.as_deref(), Some("k1"));
@@ -430,16 +444,32 @@ mod tests {
             (tok(json!({"typ": "JWT"}), json!({})), "malformed"),
             (tok(json!({"alg": "none"}), json!({})), "algorithm"),
             (tok(json!({"alg": "HS1024"}), json!({})), "algorithm"),
-            (tok(json!({"alg": "RS256", "kid": 7}), json!({})), "malformed"),
-            (tok(json!({"alg": "RS256", "crit": ["exp"]}), json!({})), "malformed"),
+            (
+                tok(json!({"alg": "RS256", "kid": 7}), json!({})),
+                "malformed",
+            ),
+            (
+                tok(json!({"alg": "RS256", "crit": ["exp"]}), json!({})),
+                "malformed",
+            ),
             (format!("{}..c2ln", b64(br#"{"alg":"HS256"}"#)), "malformed"),
-            (format!("{}.e30.!!", b64(br#"{"alg":"HS256"}"#)), "malformed"),
+            (
+                format!("{}.e30.!!", b64(br#"{"alg":"HS256"}"#)),
+                "malformed",
+            ),
         ];
         for (t, reason) in cases {
-            assert_eq!(parse(&t, 8192).map(|_| ()).unwrap_err().reason(), reason, "{t}");
+            assert_eq!(
+                parse(&t, 8192).map(|_| ()).unwrap_err().reason(),
+                reason,
+                "{t}"
+            );
         }
         let big = "a".repeat(65536);
-        assert_eq!(parse(&big, 8192).unwrap_err(), TokenError::TooLarge { max: 8192 });
+        assert_eq!(
+            parse(&big, 8192).unwrap_err(),
+            TokenError::TooLarge { max: 8192 }
+        );
     }
 
     #[test]
@@ -459,8 +489,14 @@ mod tests {
         let now = 1_000_000.0;
         assert!(validate_claims(&json!({"exp": now + 10.0}), &rules, now).is_ok());
         assert!(validate_claims(&json!({"exp": now - 30.0}), &rules, now).is_ok());
-        assert_eq!(validate_claims(&json!({"exp": now - 61.0}), &rules, now), Err(TokenError::Expired));
-        assert_eq!(validate_claims(&json!({}), &rules, now), Err(TokenError::MissingClaim("exp".into())));
+        assert_eq!(
+            validate_claims(&json!({"exp": now - 61.0}), &rules, now),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            validate_claims(&json!({}), &rules, now),
+            Err(TokenError::MissingClaim("exp".into()))
+        );
         assert_eq!(
             validate_claims(&json!({"exp": now + 100.0, "nbf": now + 61.0}), &rules, now),
             Err(TokenError::NotYetValid)
@@ -470,17 +506,24 @@ mod tests {
             Err(TokenError::IssuedInFuture)
         );
         assert_eq!(
-            validate_claims(&json!({"exp": "tomorrow"}), &rules, now).unwrap_err().reason(),
+            validate_claims(&json!({"exp": "tomorrow"}), &rules, now)
+                .unwrap_err()
+                .reason(),
             "claim_type"
         );
         assert_eq!(
-            validate_claims(&json!({"exp": now + 9.0, "nbf": [1]}), &rules, now).unwrap_err().reason(),
+            validate_claims(&json!({"exp": now + 9.0, "nbf": [1]}), &rules, now)
+                .unwrap_err()
+                .reason(),
             "claim_type"
         );
         let v = validate_claims(&json!({"exp": now + 10.5}), &rules, now).unwrap();
         assert_eq!(v.not_after, Some(now + 70.5));
         let lax = ClaimRules::default();
-        assert_eq!(validate_claims(&json!({}), &lax, now).unwrap().not_after, None);
+        assert_eq!(
+            validate_claims(&json!({}), &lax, now).unwrap().not_after,
+            None
+        );
     }
 
     #[test]
@@ -497,25 +540,67 @@ mod tests {
         assert!(validate_claims(&ok, &rules, 0.0).is_ok());
         let check = |v: Value| validate_claims(&v, &rules, 0.0).unwrap_err().reason();
         assert_eq!(check(json!({"aud": "api", "sub": "u"})), "missing_claim");
-        assert_eq!(check(json!({"iss": "https://evil", "aud": "api", "sub": "u"})), "issuer");
-        assert_eq!(check(json!({"iss": 1, "aud": "api", "sub": "u"})), "claim_type");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": "x", "sub": "u"})), "audience");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": [], "sub": "u"})), "audience");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": {"a": 1}, "sub": "u"})), "claim_type");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": ["api", 3], "sub": "u"})), "claim_type");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": "api"})), "missing_claim");
-        assert_eq!(check(json!({"iss": "https://idp", "aud": "api", "sub": null})), "missing_claim");
+        assert_eq!(
+            check(json!({"iss": "https://evil", "aud": "api", "sub": "u"})),
+            "issuer"
+        );
+        assert_eq!(
+            check(json!({"iss": 1, "aud": "api", "sub": "u"})),
+            "claim_type"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": "x", "sub": "u"})),
+            "audience"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": [], "sub": "u"})),
+            "audience"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": {"a": 1}, "sub": "u"})),
+            "claim_type"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": ["api", 3], "sub": "u"})),
+            "claim_type"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": "api"})),
+            "missing_claim"
+        );
+        assert_eq!(
+            check(json!({"iss": "https://idp", "aud": "api", "sub": null})),
+            "missing_claim"
+        );
     }
 
     #[test]
     fn claims_to_header_values() {
         let c = json!({"sub": "u1", "n": 5, "ok": true, "groups": ["a", "b"], "org": {"id": "o1"}, "a.b": "flat", "bad": "x\ny"});
-        assert_eq!(claim_header_value(claim_at(&c, "sub").unwrap()).as_deref(), Some("u1"));
-        assert_eq!(claim_header_value(claim_at(&c, "n").unwrap()).as_deref(), Some("5"));
-        assert_eq!(claim_header_value(claim_at(&c, "ok").unwrap()).as_deref(), Some("true"));
-        assert_eq!(claim_header_value(claim_at(&c, "groups").unwrap()).as_deref(), Some("a,b"));
-        assert_eq!(claim_header_value(claim_at(&c, "org.id").unwrap()).as_deref(), Some("o1"));
-        assert_eq!(claim_header_value(claim_at(&c, "a.b").unwrap()).as_deref(), Some("flat"));
+        assert_eq!(
+            claim_header_value(claim_at(&c, "sub").unwrap()).as_deref(),
+            Some("u1")
+        );
+        assert_eq!(
+            claim_header_value(claim_at(&c, "n").unwrap()).as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            claim_header_value(claim_at(&c, "ok").unwrap()).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            claim_header_value(claim_at(&c, "groups").unwrap()).as_deref(),
+            Some("a,b")
+        );
+        assert_eq!(
+            claim_header_value(claim_at(&c, "org.id").unwrap()).as_deref(),
+            Some("o1")
+        );
+        assert_eq!(
+            claim_header_value(claim_at(&c, "a.b").unwrap()).as_deref(),
+            Some("flat")
+        );
         assert_eq!(claim_header_value(claim_at(&c, "org").unwrap()), None);
         assert_eq!(claim_header_value(claim_at(&c, "bad").unwrap()), None);
         assert!(claim_at(&c, "missing.x").is_none());
