@@ -75,6 +75,10 @@ pub struct EnvoyConfig {
     pub concurrency: u32,
     /// Extra process environment (for filters reading host env through the VM).
     pub env: Vec<(String, String)>,
+    /// Answer every request with a direct 200 instead of proxying (benchmarks: filter cost only).
+    pub direct_response: bool,
+    /// Log level of Envoy (`info` in tests, `warning` in benchmarks).
+    pub log_level: &'static str,
 }
 
 impl EnvoyConfig {
@@ -85,6 +89,8 @@ impl EnvoyConfig {
             upstream_port,
             concurrency: 1,
             env: Vec::new(),
+            direct_response: false,
+            log_level: "info",
         }
     }
 
@@ -94,6 +100,11 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        let route = if self.direct_response {
+            json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+        } else {
+            json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}})
+        };
         let mut clusters = vec![cluster("upstream", self.upstream_port)];
         clusters.extend(self.clusters.iter().cloned());
         json!({
@@ -114,7 +125,7 @@ impl EnvoyConfig {
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}}]
+                                "routes": [route]
                             }]},
                             "http_filters": filters
                         }
@@ -152,10 +163,17 @@ impl Envoy {
         let mut cmd = Command::new(crate::tools::envoy());
         cmd.arg("-c")
             .arg(&bootstrap)
-            .args(["--disable-hot-restart", "--concurrency", &cfg.concurrency.to_string()])
-            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                &cfg.concurrency.to_string(),
+            ])
+            .args(["-l", cfg.log_level])
             .arg("--admin-address-path")
             .arg(&admin_file);
+        if cfg.log_level == "info" {
+            cmd.args(["--component-log-level", "wasm:debug"]);
+        }
         for (k, v) in &cfg.env {
             cmd.env(k, v);
         }
@@ -165,10 +183,12 @@ impl Envoy {
             if !proc.running() {
                 return Err(proc.log_text());
             }
-            if let Some(port) = std::fs::read_to_string(&admin_file)
-                .ok()
-                .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
-            {
+            if let Some(port) = std::fs::read_to_string(&admin_file).ok().and_then(|s| {
+                s.trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+            }) {
                 break port;
             }
             if Instant::now() > deadline {
@@ -209,7 +229,8 @@ impl Envoy {
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> http::Resp {
-        http::request(self.port, method, path, headers, "").unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        http::request(self.port, method, path, headers, "")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// `/stats/prometheus`.
@@ -226,6 +247,18 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         self.proc.log_text()
+    }
+
+    /// Resident set size of the Envoy process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 

@@ -36,15 +36,19 @@ impl Resp {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 
     /// A request header as the echo upstream saw it (all values joined with ",").
     pub fn echoed(&self, name: &str) -> Option<String> {
         let v = self.json();
-        v["headers"][name.to_ascii_lowercase()]
-            .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+        v["headers"][name.to_ascii_lowercase()].as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
     }
 
     /// The path (with query) the echo upstream saw.
@@ -54,7 +58,10 @@ impl Resp {
 
     /// The `message` of an edgeguard JSON error body.
     pub fn message(&self) -> String {
-        self.json()["message"].as_str().unwrap_or_default().to_string()
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -63,9 +70,16 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Resp, Stri
 }
 
 /// Sends one request on a fresh connection and reads the whole response.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Resp, String> {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -77,13 +91,16 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
     req.push_str(body);
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("reading response: {e}"))?;
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("reading response: {e}"))?;
     parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Result<Resp, String> {
     let text = String::from_utf8_lossy(raw);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status = status_line
@@ -98,8 +115,16 @@ fn parse(raw: &[u8]) -> Result<Resp, String> {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    Ok(Resp { status, headers, body })
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut s: &str) -> String {

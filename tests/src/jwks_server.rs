@@ -39,15 +39,21 @@ impl JwksServer {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let st = state.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-                    .await
-                    .expect("bind jwks server");
+                let listener =
+                    tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+                        .await
+                        .expect("bind jwks server");
                 let _ = port_tx.send(listener.local_addr().map(|a| a.port()).unwrap_or(0));
                 let serve = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let st = st.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |_req: Request<Incoming>| {
@@ -59,7 +65,8 @@ impl JwksServer {
                                         (s.status, s.body.clone())
                                     };
                                     let mut r = Response::new(Full::new(Bytes::from(body)));
-                                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                                    *r.status_mut() = hyper::StatusCode::from_u16(status)
+                                        .unwrap_or(hyper::StatusCode::OK);
                                     Ok::<_, Infallible>(r)
                                 }
                             });
@@ -76,7 +83,11 @@ impl JwksServer {
             });
         });
         let port = port_rx.recv().expect("jwks server port");
-        JwksServer { port, state, _stop: tx }
+        JwksServer {
+            port,
+            state,
+            _stop: tx,
+        }
     }
 
     pub fn start(jwks: &Value) -> JwksServer {

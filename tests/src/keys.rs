@@ -15,7 +15,10 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A private key of one family.
@@ -39,32 +42,49 @@ fn rng(seed: u64) -> rand::rngs::StdRng {
 
 impl TestKey {
     pub fn hmac(kid: &str, secret: &[u8]) -> TestKey {
-        TestKey { kid: kid.into(), private: Private::Hmac(secret.to_vec()) }
+        TestKey {
+            kid: kid.into(),
+            private: Private::Hmac(secret.to_vec()),
+        }
     }
 
     /// A fresh RSA key (2048 bits unless given), seeded so runs are repeatable.
     pub fn rsa(kid: &str, bits: usize, seed: u64) -> TestKey {
         let key = rsa::RsaPrivateKey::new(&mut rng(seed), bits).expect("rsa keygen");
-        TestKey { kid: kid.into(), private: Private::Rsa(Box::new(key)) }
+        TestKey {
+            kid: kid.into(),
+            private: Private::Rsa(Box::new(key)),
+        }
     }
 
     pub fn p256(kid: &str, seed: u64) -> TestKey {
-        TestKey { kid: kid.into(), private: Private::P256(p256::ecdsa::SigningKey::random(&mut rng(seed))) }
+        TestKey {
+            kid: kid.into(),
+            private: Private::P256(p256::ecdsa::SigningKey::random(&mut rng(seed))),
+        }
     }
 
     pub fn p384(kid: &str, seed: u64) -> TestKey {
-        TestKey { kid: kid.into(), private: Private::P384(p384::ecdsa::SigningKey::random(&mut rng(seed))) }
+        TestKey {
+            kid: kid.into(),
+            private: Private::P384(p384::ecdsa::SigningKey::random(&mut rng(seed))),
+        }
     }
 
     pub fn ed25519(kid: &str, seed: u64) -> TestKey {
-        TestKey { kid: kid.into(), private: Private::Ed25519(ed25519_dalek::SigningKey::generate(&mut rng(seed))) }
+        TestKey {
+            kid: kid.into(),
+            private: Private::Ed25519(ed25519_dalek::SigningKey::generate(&mut rng(seed))),
+        }
     }
 
     /// The public JWK (optionally pinned to `alg`).
     pub fn jwk(&self, alg: Option<&str>) -> Value {
         let mut j = match &self.private {
             Private::Hmac(k) => json!({"kty": "oct", "k": b64(k)}),
-            Private::Rsa(k) => json!({"kty": "RSA", "n": b64(&k.n().to_bytes_be()), "e": b64(&k.e().to_bytes_be())}),
+            Private::Rsa(k) => {
+                json!({"kty": "RSA", "n": b64(&k.n().to_bytes_be()), "e": b64(&k.e().to_bytes_be())})
+            }
             Private::P256(k) => {
                 let p = k.verifying_key().to_encoded_point(false);
                 json!({"kty": "EC", "crv": "P-256", "x": b64(p.x().expect("x")), "y": b64(p.y().expect("y"))})
@@ -73,7 +93,9 @@ impl TestKey {
                 let p = k.verifying_key().to_encoded_point(false);
                 json!({"kty": "EC", "crv": "P-384", "x": b64(p.x().expect("x")), "y": b64(p.y().expect("y"))})
             }
-            Private::Ed25519(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.verifying_key().as_bytes())}),
+            Private::Ed25519(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.verifying_key().as_bytes())})
+            }
         };
         j["kid"] = json!(self.kid);
         j["use"] = json!("sig");
@@ -91,7 +113,11 @@ impl TestKey {
     /// Signs with an explicit header (its `alg` picks the algorithm).
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
         let alg = header["alg"].as_str().unwrap_or_default().to_string();
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let sig = self.raw_sign(&alg, input.as_bytes());
         format!("{input}.{}", b64(&sig))
     }
@@ -100,12 +126,30 @@ impl TestKey {
         use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
         match (&self.private, alg) {
             (Private::Hmac(k), _) => hmac_sign(alg, k, msg),
-            (Private::Rsa(k), "RS256") => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone()).sign(msg).to_vec(),
-            (Private::Rsa(k), "RS384") => rsa::pkcs1v15::SigningKey::<sha2::Sha384>::new((**k).clone()).sign(msg).to_vec(),
-            (Private::Rsa(k), "RS512") => rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new((**k).clone()).sign(msg).to_vec(),
-            (Private::Rsa(k), "PS256") => rsa::pss::SigningKey::<sha2::Sha256>::new((**k).clone()).sign_with_rng(&mut rng(1), msg).to_vec(),
-            (Private::Rsa(k), "PS384") => rsa::pss::SigningKey::<sha2::Sha384>::new((**k).clone()).sign_with_rng(&mut rng(1), msg).to_vec(),
-            (Private::Rsa(k), "PS512") => rsa::pss::SigningKey::<sha2::Sha512>::new((**k).clone()).sign_with_rng(&mut rng(1), msg).to_vec(),
+            (Private::Rsa(k), "RS256") => {
+                rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone())
+                    .sign(msg)
+                    .to_vec()
+            }
+            (Private::Rsa(k), "RS384") => {
+                rsa::pkcs1v15::SigningKey::<sha2::Sha384>::new((**k).clone())
+                    .sign(msg)
+                    .to_vec()
+            }
+            (Private::Rsa(k), "RS512") => {
+                rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new((**k).clone())
+                    .sign(msg)
+                    .to_vec()
+            }
+            (Private::Rsa(k), "PS256") => rsa::pss::SigningKey::<sha2::Sha256>::new((**k).clone())
+                .sign_with_rng(&mut rng(1), msg)
+                .to_vec(),
+            (Private::Rsa(k), "PS384") => rsa::pss::SigningKey::<sha2::Sha384>::new((**k).clone())
+                .sign_with_rng(&mut rng(1), msg)
+                .to_vec(),
+            (Private::Rsa(k), "PS512") => rsa::pss::SigningKey::<sha2::Sha512>::new((**k).clone())
+                .sign_with_rng(&mut rng(1), msg)
+                .to_vec(),
             (Private::P256(k), _) => {
                 let s: p256::ecdsa::Signature = k.sign(msg);
                 s.to_bytes().to_vec()
@@ -128,12 +172,20 @@ pub fn hmac_sign(alg: &str, key: &[u8], msg: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256, Sha384, Sha512};
     // RFC 2104 HMAC, written out so the tests do not share the filter's hmac crate.
     fn hmac<D: Digest>(block: usize, key: &[u8], msg: &[u8]) -> Vec<u8> {
-        let mut k = if key.len() > block { D::digest(key).to_vec() } else { key.to_vec() };
+        let mut k = if key.len() > block {
+            D::digest(key).to_vec()
+        } else {
+            key.to_vec()
+        };
         k.resize(block, 0);
         let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
         let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
         let inner = D::new().chain_update(&ipad).chain_update(msg).finalize();
-        D::new().chain_update(&opad).chain_update(inner).finalize().to_vec()
+        D::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize()
+            .to_vec()
     }
     match alg {
         "HS384" => hmac::<Sha384>(128, key, msg),
@@ -144,7 +196,12 @@ pub fn hmac_sign(alg: &str, key: &[u8], msg: &[u8]) -> Vec<u8> {
 
 /// A token with any header and signature bytes (for `alg: none` and friends).
 pub fn forge(header: &Value, claims: &Value, sig: &[u8]) -> String {
-    format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(sig))
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(sig)
+    )
 }
 
 /// Shared RSA keys (key generation is slow; do it once per test binary).

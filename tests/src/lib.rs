@@ -5,6 +5,7 @@
 //! Paths come from the environment the Makefile sets (`EDGEGUARD_ENVOY`, `EDGEGUARD_WASM_DIR`,
 //! `EDGEGUARD_BIN`, `EDGEGUARD_GRPCURL`), with defaults relative to the workspace.
 
+pub mod bench;
 pub mod envoy;
 pub mod http;
 pub mod jwks_server;

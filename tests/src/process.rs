@@ -98,7 +98,14 @@ impl Echo {
         let mut cmd = Command::new(crate::tools::edgeguard());
         cmd.args(["echo", "--listen", &format!("127.0.0.1:{port}")]);
         let proc = Proc::spawn("edgeguard echo", cmd, &dir.path().join("echo.log"));
-        assert!(wait_for_port(port, Duration::from_secs(10)), "echo upstream did not start");
-        Echo { port, proc, _dir: dir }
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "echo upstream did not start"
+        );
+        Echo {
+            port,
+            proc,
+            _dir: dir,
+        }
     }
 }

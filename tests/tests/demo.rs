@@ -33,7 +33,11 @@ fn make_run_prints_working_curl_lines() {
             break;
         }
         lines.push(line);
-        assert!(Instant::now() < deadline, "demo did not get ready:\n{}", lines.join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "demo did not get ready:\n{}",
+            lines.join("\n")
+        );
     }
     let curls: Vec<String> = lines
         .iter()
@@ -41,10 +45,18 @@ fn make_run_prints_working_curl_lines() {
         .filter(|l| l.starts_with("curl ") && l.contains("/v1/shape"))
         .map(str::to_string)
         .collect();
-    assert_eq!(curls.len(), 3, "expected three curl lines in:\n{}", lines.join("\n"));
+    assert_eq!(
+        curls.len(),
+        3,
+        "expected three curl lines in:\n{}",
+        lines.join("\n")
+    );
 
     let run = |cmd: &str| {
-        let out = Command::new("bash").args(["-c", &format!("{cmd} -w '\\n%{{http_code}}'")]).output().unwrap();
+        let out = Command::new("bash")
+            .args(["-c", &format!("{cmd} -w '\\n%{{http_code}}'")])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let ok = run(&curls[0]);
@@ -53,7 +65,10 @@ fn make_run_prints_working_curl_lines() {
     assert!(ok.contains("\"x-edgeguard-sub\":[\"demo-user\"]"), "{ok}");
     let unauth = run(&curls[1]);
     assert!(unauth.ends_with("\n401"), "{unauth}");
-    assert!(unauth.contains("www-authenticate: Bearer realm=\"edgeguard\""), "{unauth}");
+    assert!(
+        unauth.contains("www-authenticate: Bearer realm=\"edgeguard\""),
+        "{unauth}"
+    );
     let forbidden = run(&curls[2]);
     assert!(forbidden.ends_with("\n403"), "{forbidden}");
     assert!(forbidden.contains("'table' differs"), "{forbidden}");
@@ -61,13 +76,25 @@ fn make_run_prints_working_curl_lines() {
     // stopping the script stops everything it started
     unsafe_kill(child.id(), 15);
     let rest: Vec<String> = reader.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("edgeguard demo stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("edgeguard demo stopped")),
+        "{rest:?}"
+    );
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(!wait_for_port(port, Duration::from_millis(300)), "Envoy still listening");
-    assert!(!wait_for_port(echo, Duration::from_millis(300)), "echo still listening");
+    assert!(
+        !wait_for_port(port, Duration::from_millis(300)),
+        "Envoy still listening"
+    );
+    assert!(
+        !wait_for_port(echo, Duration::from_millis(300)),
+        "echo still listening"
+    );
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }

@@ -34,7 +34,10 @@ fn claims(shape: Value) -> Value {
 }
 
 fn items_token() -> String {
-    demo_key().sign("HS256", &claims(json!({"namespace": null, "table": "items", "where": null, "columns": null})))
+    demo_key().sign(
+        "HS256",
+        &claims(json!({"namespace": null, "table": "items", "where": null, "columns": null})),
+    )
 }
 
 fn bearer(t: &str) -> String {
@@ -47,13 +50,20 @@ fn expect(r: &Resp, status: u16, msg_part: &str) {
         assert_eq!(r.header("content-type"), Some("application/json"));
         let v = r.json();
         assert_eq!(v["code"], status as u64, "{}", r.body);
-        assert!(r.message().contains(msg_part), "message {:?} lacks {msg_part:?}", r.message());
+        assert!(
+            r.message().contains(msg_part),
+            "message {:?} lacks {msg_part:?}",
+            r.message()
+        );
     }
 }
 
 /// The good request, asserted after every bad one: nothing the bad input did may stick.
 fn good(envoy: &Envoy, token: &str) {
-    let r = envoy.get("/v1/shape?table=items&offset=-1", &[("authorization", &bearer(token))]);
+    let r = envoy.get(
+        "/v1/shape?table=items&offset=-1",
+        &[("authorization", &bearer(token))],
+    );
     expect(&r, 200, "");
 }
 
@@ -83,19 +93,37 @@ fn allowed_request_is_rewritten_for_electric() {
     assert_eq!(r.header("vary"), Some("Authorization"));
 
     // Vary merges with what upstream says
-    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&token)), ("x-echo-vary", "Accept-Encoding")]);
+    let r = envoy.get(
+        "/v1/shape?table=items",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-echo-vary", "Accept-Encoding"),
+        ],
+    );
     expect(&r, 200, "");
-    assert_eq!(r.header_all("vary").as_deref(), Some("Accept-Encoding, Authorization"));
+    assert_eq!(
+        r.header_all("vary").as_deref(),
+        Some("Accept-Encoding, Authorization")
+    );
 
     // the bearer scheme is case-insensitive
-    let r = envoy.get("/v1/shape?table=items", &[("authorization", &format!("bEaReR  {token}"))]);
+    let r = envoy.get(
+        "/v1/shape?table=items",
+        &[("authorization", &format!("bEaReR  {token}"))],
+    );
     expect(&r, 200, "");
 
     // spoofed claim headers are removed even when the token carries no such claim
     let mut c = claims(json!({"table": "items"}));
     c.as_object_mut().unwrap().remove("sub");
     let nosub = demo_key().sign("HS256", &c);
-    let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&nosub)), ("x-edgeguard-sub", "admin")]);
+    let r = envoy.get(
+        "/v1/shape?table=items",
+        &[
+            ("authorization", &bearer(&nosub)),
+            ("x-edgeguard-sub", "admin"),
+        ],
+    );
     expect(&r, 200, "");
     assert_eq!(r.echoed("x-edgeguard-sub"), None);
 
@@ -103,7 +131,10 @@ fn allowed_request_is_rewritten_for_electric() {
     let log = envoy.log();
     assert!(!log.contains(&token), "token leaked into the log");
     assert!(!log.contains(DEMO_SECRET), "secret leaked into the log");
-    assert!(!log.contains("demo-electric-secret"), "electric secret leaked into the log");
+    assert!(
+        !log.contains("demo-electric-secret"),
+        "electric secret leaked into the log"
+    );
 }
 
 #[test]
@@ -127,42 +158,127 @@ fn token_failures_are_401_and_leave_the_filter_working() {
         }
         key.sign("HS256", &c)
     };
-    let oversized = format!("{}.{}.{}", "e".repeat(30000), "e".repeat(30000), "e".repeat(5536));
+    let oversized = format!(
+        "{}.{}.{}",
+        "e".repeat(30000),
+        "e".repeat(30000),
+        "e".repeat(5536)
+    );
     assert_eq!(oversized.len(), 65538);
     let cases: Vec<(String, &str, &str)> = vec![
         ("garbage".into(), "malformed token", "garbage"),
         ("a.b.c".into(), "malformed token", "three garbage parts"),
         ("....".into(), "malformed token", "dots"),
         (oversized, "larger than 8192 bytes", "64 KiB token"),
-        (forge(&json!({"alg": "none"}), &claims(shape.clone()), b""), "algorithm 'none' is not accepted", "alg none"),
-        (forge(&json!({"alg": "HS256"}), &claims(shape.clone()), b"not-the-mac"), "signature does not verify", "bad signature"),
-        (TestKey::hmac("x", b"another-secret-that-is-long-enough-000").sign("HS256", &claims(shape.clone())), "signature does not verify", "wrong secret"),
+        (
+            forge(&json!({"alg": "none"}), &claims(shape.clone()), b""),
+            "algorithm 'none' is not accepted",
+            "alg none",
+        ),
+        (
+            forge(
+                &json!({"alg": "HS256"}),
+                &claims(shape.clone()),
+                b"not-the-mac",
+            ),
+            "signature does not verify",
+            "bad signature",
+        ),
+        (
+            TestKey::hmac("x", b"another-secret-that-is-long-enough-000")
+                .sign("HS256", &claims(shape.clone())),
+            "signature does not verify",
+            "wrong secret",
+        ),
         (with(json!({"exp": n - 3600})), "expired", "expired"),
-        (with(json!({"nbf": n + 3600})), "not valid yet", "nbf in the future"),
-        (with(json!({"iat": n + 3600})), "issued in the future", "iat in the future"),
+        (
+            with(json!({"nbf": n + 3600})),
+            "not valid yet",
+            "nbf in the future",
+        ),
+        (
+            with(json!({"iat": n + 3600})),
+            "issued in the future",
+            "iat in the future",
+        ),
         (with(json!({"exp": null})), "no 'exp' claim", "no exp"),
-        (with(json!({"exp": "tomorrow"})), "claim 'exp' must be a NumericDate", "exp as string"),
-        (with(json!({"iss": "someone-else"})), "issuer is not accepted", "wrong issuer"),
-        (with(json!({"iss": 42})), "claim 'iss' must be a string", "iss as number"),
-        (with(json!({"aud": "other"})), "audience is not accepted", "wrong audience"),
-        (with(json!({"aud": {"x": 1}})), "claim 'aud' must be", "aud as object"),
-        (key.sign_with_header(&json!({"alg": "HS256", "crit": ["x"]}), &claims(shape.clone())), "crit", "crit header"),
-        (format!("{}.{}.{}", keys::b64(br#"{"alg":"HS256"}"#), keys::b64(b"[1,2,3]"), keys::b64(&hmac_sign("HS256", DEMO_SECRET.as_bytes(), format!("{}.{}", keys::b64(br#"{"alg":"HS256"}"#), keys::b64(b"[1,2,3]")).as_bytes()))), "payload is not a JSON object", "array payload"),
+        (
+            with(json!({"exp": "tomorrow"})),
+            "claim 'exp' must be a NumericDate",
+            "exp as string",
+        ),
+        (
+            with(json!({"iss": "someone-else"})),
+            "issuer is not accepted",
+            "wrong issuer",
+        ),
+        (
+            with(json!({"iss": 42})),
+            "claim 'iss' must be a string",
+            "iss as number",
+        ),
+        (
+            with(json!({"aud": "other"})),
+            "audience is not accepted",
+            "wrong audience",
+        ),
+        (
+            with(json!({"aud": {"x": 1}})),
+            "claim 'aud' must be",
+            "aud as object",
+        ),
+        (
+            key.sign_with_header(
+                &json!({"alg": "HS256", "crit": ["x"]}),
+                &claims(shape.clone()),
+            ),
+            "crit",
+            "crit header",
+        ),
+        (
+            format!(
+                "{}.{}.{}",
+                keys::b64(br#"{"alg":"HS256"}"#),
+                keys::b64(b"[1,2,3]"),
+                keys::b64(&hmac_sign(
+                    "HS256",
+                    DEMO_SECRET.as_bytes(),
+                    format!(
+                        "{}.{}",
+                        keys::b64(br#"{"alg":"HS256"}"#),
+                        keys::b64(b"[1,2,3]")
+                    )
+                    .as_bytes()
+                ))
+            ),
+            "payload is not a JSON object",
+            "array payload",
+        ),
     ];
     for (bad, msg, what) in cases {
         let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&bad))]);
         expect(&r, 401, msg);
         let www = r.header("www-authenticate").unwrap_or_default();
-        assert!(www.starts_with("Bearer realm=\"edgeguard\", error=\"invalid_token\""), "{what}: {www}");
+        assert!(
+            www.starts_with("Bearer realm=\"edgeguard\", error=\"invalid_token\""),
+            "{what}: {www}"
+        );
         assert_eq!(r.header("vary"), Some("Authorization"), "{what}");
         good(&envoy, &token);
     }
 
     // no token at all: 401 with a bare challenge (RFC 6750 3.1: no error code)
-    for headers in [vec![], vec![("authorization", "Basic dXNlcjpwYXNz")], vec![("authorization", "Bearer ")]] {
+    for headers in [
+        vec![],
+        vec![("authorization", "Basic dXNlcjpwYXNz")],
+        vec![("authorization", "Bearer ")],
+    ] {
         let r = envoy.get("/v1/shape?table=items", &headers);
         expect(&r, 401, "bearer token is required");
-        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"edgeguard\""));
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"edgeguard\"")
+        );
         good(&envoy, &token);
     }
     assert!(envoy.metric("edgeguard_jwt_shape_denied_expired") >= 1.0);
@@ -185,7 +301,10 @@ fn shape_binding_403_and_400() {
             "columns": ["id", "title", "\"Done\""], "replica": "full"})),
     );
     let ok = "table=app.todos&where=owner+%3D+%241&params%5B1%5D=user-1&columns=%22Done%22,TITLE,id&replica=full&offset=-1";
-    let r = envoy.get(&format!("/v1/shape?{ok}"), &[("authorization", &bearer(&bound))]);
+    let r = envoy.get(
+        &format!("/v1/shape?{ok}"),
+        &[("authorization", &bearer(&bound))],
+    );
     expect(&r, 200, "");
     // columns in any order / case / quoting, schema written either way
     for q in [
@@ -211,9 +330,15 @@ fn shape_binding_403_and_400() {
         ("table=app.todos&where=owner+%3D+%241&params[1]=user-1&columns=id,title,%22Done%22&replica=full&log=changes_only", "'log' differs"),
     ];
     for (q, msg) in forbidden {
-        let r = envoy.get(&format!("/v1/shape?{q}"), &[("authorization", &bearer(&bound))]);
+        let r = envoy.get(
+            &format!("/v1/shape?{q}"),
+            &[("authorization", &bearer(&bound))],
+        );
         expect(&r, 403, msg);
-        assert!(r.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"));
+        assert!(r
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .contains("insufficient_scope"));
         good(&envoy, &items);
     }
 
@@ -224,8 +349,14 @@ fn shape_binding_403_and_400() {
         (json!(["items"]), "claim 'shape' is not an object"),
         (json!({"where": null}), "shape claim has no 'table'"),
         (json!({"table": 7}), "shape claim field 'table' is invalid"),
-        (json!({"table": "items", "columns": [1, 2]}), "shape claim field 'columns' is invalid"),
-        (json!({"table": "items", "subset": "x"}), "unknown shape field"),
+        (
+            json!({"table": "items", "columns": [1, 2]}),
+            "shape claim field 'columns' is invalid",
+        ),
+        (
+            json!({"table": "items", "subset": "x"}),
+            "unknown shape field",
+        ),
     ];
     for (shape, msg) in claim_cases {
         let t = key.sign("HS256", &claims(shape));
@@ -242,13 +373,25 @@ fn shape_binding_403_and_400() {
 
     // malformed shape requests: 400 (after the token was checked)
     let bad_requests: Vec<(&str, &str)> = vec![
-        ("table=items&table=other", "parameter 'table' is given more than once"),
+        (
+            "table=items&table=other",
+            "parameter 'table' is given more than once",
+        ),
         ("table=items&%74able=other", "must not be percent-encoded"),
         ("%74able=items", "must not be percent-encoded"),
         ("table=items&wh%65re=x", "must not be percent-encoded"),
-        ("table=items&where=a&where=b", "'where' is given more than once"),
-        ("table=items&params[1]=a&params%5B1%5D=b", "'params[1]' is given more than once"),
-        ("table=items&secret=a&secret=b", "'secret' is given more than once"),
+        (
+            "table=items&where=a&where=b",
+            "'where' is given more than once",
+        ),
+        (
+            "table=items&params[1]=a&params%5B1%5D=b",
+            "'params[1]' is given more than once",
+        ),
+        (
+            "table=items&secret=a&secret=b",
+            "'secret' is given more than once",
+        ),
         ("table=items&params[0]=x", "invalid parameter 'params[0]'"),
         ("table=items&params=x", "invalid parameter 'params'"),
         ("table=items&columns=a,,b", "invalid parameter 'columns'"),
@@ -259,12 +402,18 @@ fn shape_binding_403_and_400() {
         ("table=items&where=%ff%fe", "not valid UTF-8"),
     ];
     for (q, msg) in bad_requests {
-        let r = envoy.get(&format!("/v1/shape?{q}"), &[("authorization", &bearer(&items))]);
+        let r = envoy.get(
+            &format!("/v1/shape?{q}"),
+            &[("authorization", &bearer(&items))],
+        );
         expect(&r, 400, msg);
         good(&envoy, &items);
     }
     // an invalid token with a malformed query is still a 401: anonymous clients learn nothing
-    let r = envoy.get("/v1/shape?table=a&table=b", &[("authorization", "Bearer nope")]);
+    let r = envoy.get(
+        "/v1/shape?table=a&table=b",
+        &[("authorization", "Bearer nope")],
+    );
     expect(&r, 401, "malformed token");
     assert!(envoy.metric("edgeguard_jwt_shape_denied_shape_mismatch") >= 12.0);
     assert!(envoy.metric("edgeguard_jwt_shape_denied_bad_query") >= 15.0);
@@ -277,7 +426,10 @@ fn preflight_passes_other_options_do_not() {
     let r = envoy.request(
         "OPTIONS",
         "/v1/shape?table=items",
-        &[("origin", "https://app.example"), ("access-control-request-method", "GET")],
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["method"], "OPTIONS");
@@ -297,7 +449,10 @@ fn preflight_passes_other_options_do_not() {
     let r = strict.request(
         "OPTIONS",
         "/v1/shape?table=items",
-        &[("origin", "https://app.example"), ("access-control-request-method", "GET")],
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+        ],
     );
     assert_eq!(r.status, 403);
 }
@@ -346,35 +501,73 @@ fn every_algorithm_family() {
         // the token also verifies without a kid (every key of the family is tried)
     }
     let no_kid = rsa.sign_with_header(&json!({"alg": "RS256"}), &c);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&no_kid))]).status, 200);
+    assert_eq!(
+        envoy
+            .get("/", &[("authorization", &bearer(&no_kid))])
+            .status,
+        200
+    );
 
     let good_one = &good_tokens[0].1;
     // key confusion: HS256 "signed" with the RSA public key's JWK bytes or modulus must fail
     let rsa_jwk = rsa.jwk(None).to_string();
     let header = json!({"alg": "HS256", "kid": "rsa-a"});
-    let input = format!("{}.{}", keys::b64(header.to_string().as_bytes()), keys::b64(c.to_string().as_bytes()));
-    let confused = format!("{input}.{}", keys::b64(&hmac_sign("HS256", rsa_jwk.as_bytes(), input.as_bytes())));
+    let input = format!(
+        "{}.{}",
+        keys::b64(header.to_string().as_bytes()),
+        keys::b64(c.to_string().as_bytes())
+    );
+    let confused = format!(
+        "{input}.{}",
+        keys::b64(&hmac_sign("HS256", rsa_jwk.as_bytes(), input.as_bytes()))
+    );
     let bad: Vec<(String, &str)> = vec![
         (confused, "no key can verify this token's algorithm"),
         // ES256 with the RSA key's kid
-        (p256.sign_with_header(&json!({"alg": "ES256", "kid": "rsa-a"}), &c), "no key can verify"),
+        (
+            p256.sign_with_header(&json!({"alg": "ES256", "kid": "rsa-a"}), &c),
+            "no key can verify",
+        ),
         // ES384 key pinned? no: P-256 key pinned to ES256 cannot do ES384
-        (p384.sign_with_header(&json!({"alg": "ES384", "kid": "ec-256"}), &c), "no key can verify"),
+        (
+            p384.sign_with_header(&json!({"alg": "ES384", "kid": "ec-256"}), &c),
+            "no key can verify",
+        ),
         // RS256 with a key pinned to PS256
         (pinned.sign("RS256", &c), "no key can verify"),
         // unknown kid (static key set: no refetch)
-        (rsa.sign_with_header(&json!({"alg": "RS256", "kid": "nope"}), &c), "unknown key id"),
+        (
+            rsa.sign_with_header(&json!({"alg": "RS256", "kid": "nope"}), &c),
+            "unknown key id",
+        ),
         // signature of another key under this kid
-        (keys::rsa_b().sign_with_header(&json!({"alg": "RS256", "kid": "rsa-a"}), &c), "signature does not verify"),
+        (
+            keys::rsa_b().sign_with_header(&json!({"alg": "RS256", "kid": "rsa-a"}), &c),
+            "signature does not verify",
+        ),
         // truncated signature
-        (good_one[..good_one.len() - 10].to_string(), "signature does not verify"),
-        (forge(&json!({"alg": "EdDSA", "kid": "ed"}), &c, &[0u8; 64]), "signature does not verify"),
-        (forge(&json!({"alg": "ES256", "kid": "ec-256"}), &c, &[1u8; 10]), "signature does not verify"),
+        (
+            good_one[..good_one.len() - 10].to_string(),
+            "signature does not verify",
+        ),
+        (
+            forge(&json!({"alg": "EdDSA", "kid": "ed"}), &c, &[0u8; 64]),
+            "signature does not verify",
+        ),
+        (
+            forge(&json!({"alg": "ES256", "kid": "ec-256"}), &c, &[1u8; 10]),
+            "signature does not verify",
+        ),
     ];
     for (t, msg) in bad {
         let r = envoy.get("/", &[("authorization", &bearer(&t))]);
         expect(&r, 401, msg);
-        assert_eq!(envoy.get("/", &[("authorization", &bearer(good_one))]).status, 200);
+        assert_eq!(
+            envoy
+                .get("/", &[("authorization", &bearer(good_one))])
+                .status,
+            200
+        );
     }
 }
 
@@ -395,7 +588,12 @@ fn idp_claims() -> Value {
 }
 
 fn start_remote(echo: &Echo, jwks_port: u16, refresh_s: u64) -> Envoy {
-    let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), &remote_config("jwks", refresh_s), &[]);
+    let filter = wasm_filter(
+        "jwt_shape",
+        &tools::wasm("jwt_shape"),
+        &remote_config("jwks", refresh_s),
+        &[],
+    );
     let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
     cfg.clusters.push(cluster("jwks", jwks_port));
     cfg.concurrency = 2;
@@ -426,7 +624,10 @@ fn remote_jwks_rotation() {
     // the very first request waits for the initial fetch instead of failing
     let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 401);
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&tb))]).status,
+        401
+    );
 
     // rotation: the new kid is fetched on demand (rate-limited) and accepted at once;
     // the old kid is accepted until removed
@@ -434,18 +635,34 @@ fn remote_jwks_rotation() {
     std::thread::sleep(Duration::from_millis(1100));
     let r = envoy.get("/", &[("authorization", &bearer(&tb))]);
     assert_eq!(r.status, 200, "new kid: {}", r.body);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&ta))]).status, 200);
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&ta))]).status,
+        200
+    );
 
     // a garbage or failing JWKS keeps the last good keys
     let fails = envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed");
     server.serve_raw(200, "<html>not a jwks</html>");
-    eventually("a failed refresh", Duration::from_secs(10), || envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&ta))]).status, 200);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    eventually("a failed refresh", Duration::from_secs(10), || {
+        envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails
+    });
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&ta))]).status,
+        200
+    );
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&tb))]).status,
+        200
+    );
     server.serve_raw(500, "oops");
     let fails = envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed");
-    eventually("another failed refresh", Duration::from_secs(10), || envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails);
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    eventually("another failed refresh", Duration::from_secs(10), || {
+        envoy.metric("edgeguard_jwt_shape_jwks_fetch_failed") > fails
+    });
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&tb))]).status,
+        200
+    );
     assert!(envoy.log().contains("JWKS fetch failed"));
     assert!(envoy.log().contains("keeping the last good keys"));
 
@@ -454,7 +671,10 @@ fn remote_jwks_rotation() {
     eventually("old kid refused", Duration::from_secs(15), || {
         envoy.get("/", &[("authorization", &bearer(&ta))]).status == 401
     });
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&tb))]).status,
+        200
+    );
     assert!(envoy.metric("edgeguard_jwt_shape_jwks_fetch_ok") >= 3.0);
     assert!(envoy.metric("edgeguard_jwt_shape_cache_hit") >= 1.0);
 
@@ -462,7 +682,10 @@ fn remote_jwks_rotation() {
     let before = server.hits();
     let t0 = Instant::now();
     for i in 0..20 {
-        let t = b.sign_with_header(&json!({"alg": "RS256", "kid": format!("ghost-{i}")}), &idp_claims());
+        let t = b.sign_with_header(
+            &json!({"alg": "RS256", "kid": format!("ghost-{i}")}),
+            &idp_claims(),
+        );
         let r = envoy.get("/", &[("authorization", &bearer(&t))]);
         expect(&r, 401, "unknown key id");
     }
@@ -471,8 +694,14 @@ fn remote_jwks_rotation() {
     let secs = t0.elapsed().as_secs_f64().ceil();
     let bound = (2.0 * (secs + 1.0) + 2.0 * (secs / 3.0 + 1.0)) as usize;
     let fetches = server.hits() - before;
-    assert!(fetches <= bound && fetches < 20, "{fetches} fetches for 20 unknown kids in {secs} s");
-    assert_eq!(envoy.get("/", &[("authorization", &bearer(&tb))]).status, 200);
+    assert!(
+        fetches <= bound && fetches < 20,
+        "{fetches} fetches for 20 unknown kids in {secs} s"
+    );
+    assert_eq!(
+        envoy.get("/", &[("authorization", &bearer(&tb))]).status,
+        200
+    );
 }
 
 #[test]
@@ -486,7 +715,11 @@ fn remote_jwks_unreachable_then_garbage_then_up() {
     let t0 = Instant::now();
     let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
     expect(&r, 401, "signing keys are not available");
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
     let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
     expect(&r, 401, "signing keys are not available");
     assert!(envoy.log().contains("no keys yet"));
@@ -494,7 +727,9 @@ fn remote_jwks_unreachable_then_garbage_then_up() {
     // the endpoint comes up serving garbage: still a clean 401
     let server = JwksServer::start_on(port, &json!("x"));
     server.serve_raw(200, "{\"keys\": \"nope\"");
-    eventually("a fetch of the garbage", Duration::from_secs(10), || server.hits() >= 1);
+    eventually("a fetch of the garbage", Duration::from_secs(10), || {
+        server.hits() >= 1
+    });
     std::thread::sleep(Duration::from_millis(300));
     let r = envoy.get("/", &[("authorization", &bearer(&ta))]);
     expect(&r, 401, "signing keys are not available");
@@ -524,12 +759,23 @@ fn invalid_configuration_is_refused_with_one_clear_line() {
         ),
     ];
     for (cfg, line) in cases {
-        let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), &cfg.to_string(), &[]);
+        let filter = wasm_filter(
+            "jwt_shape",
+            &tools::wasm("jwt_shape"),
+            &cfg.to_string(),
+            &[],
+        );
         match Envoy::try_start(&EnvoyConfig::new(echo.port, vec![filter])) {
             Ok(_) => panic!("Envoy accepted an invalid configuration: {cfg}"),
             Err(log) => {
-                let hits: Vec<&str> = log.lines().filter(|l| l.contains("configuration refused")).collect();
-                assert!(!hits.is_empty() && hits.iter().all(|l| l.contains(line)), "expected {line:?} in:\n{log}");
+                let hits: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("configuration refused"))
+                    .collect();
+                assert!(
+                    !hits.is_empty() && hits.iter().all(|l| l.contains(line)),
+                    "expected {line:?} in:\n{log}"
+                );
             }
         }
     }
@@ -551,14 +797,21 @@ fn secrets_from_the_environment() {
     );
     let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
     cfg.env = vec![
-        ("EDGEGUARD_TEST_SECRET".into(), "a-secret-that-only-the-environment-knows".into()),
+        (
+            "EDGEGUARD_TEST_SECRET".into(),
+            "a-secret-that-only-the-environment-knows".into(),
+        ),
         ("EDGEGUARD_TEST_ELECTRIC".into(), "electric-from-env".into()),
     ];
     let envoy = Envoy::start(&cfg);
-    let t = TestKey::hmac("k", b"a-secret-that-only-the-environment-knows").sign("HS256", &claims(json!({"table": "items"})));
+    let t = TestKey::hmac("k", b"a-secret-that-only-the-environment-knows")
+        .sign("HS256", &claims(json!({"table": "items"})));
     let r = envoy.get("/v1/shape?table=items", &[("authorization", &bearer(&t))]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.echoed_path(), "/v1/shape?table=items&secret=electric-from-env");
+    assert_eq!(
+        r.echoed_path(),
+        "/v1/shape?table=items&secret=electric-from-env"
+    );
 }
 
 #[test]
@@ -580,7 +833,10 @@ fn tokens_in_other_places_and_forwarding() {
     });
     let envoy = start(&echo, &config.to_string());
     let t = items_token();
-    let r = envoy.get("/data", &[("x-api-token", &t), ("x-jwt-payload", "spoofed")]);
+    let r = envoy.get(
+        "/data",
+        &[("x-api-token", &t), ("x-jwt-payload", "spoofed")],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.echoed("x-api-token"), None, "token stripped");
     assert_eq!(r.echoed("x-jwt-payload").as_deref(), t.split('.').nth(1));

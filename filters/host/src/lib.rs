@@ -128,7 +128,11 @@ impl Host for TestHost {
 
 impl Metrics for TestHost {
     fn increment(&self, name: &str) {
-        *self.counters.borrow_mut().entry(name.to_string()).or_default() += 1;
+        *self
+            .counters
+            .borrow_mut()
+            .entry(name.to_string())
+            .or_default() += 1;
     }
 }
 
@@ -139,14 +143,24 @@ mod tests {
     #[test]
     fn test_host_headers() {
         let h = TestHost::with_headers(&[("Authorization", "Bearer x"), (":path", "/a")]);
-        assert_eq!(h.request_header("authorization").as_deref(), Some("Bearer x"));
+        assert_eq!(
+            h.request_header("authorization").as_deref(),
+            Some("Bearer x")
+        );
         h.set_request_header("X-A", "1");
         h.set_request_header("x-a", "2");
         assert_eq!(h.header("x-a").as_deref(), Some("2"));
         h.remove_request_header("authorization");
         assert_eq!(h.header("authorization"), None);
         h.send_response(401, &[("www-authenticate", "Bearer")], "{}");
-        assert_eq!(h.reply.borrow().as_ref().unwrap().header("WWW-Authenticate"), Some("Bearer"));
+        assert_eq!(
+            h.reply
+                .borrow()
+                .as_ref()
+                .unwrap()
+                .header("WWW-Authenticate"),
+            Some("Bearer")
+        );
         h.increment("a");
         h.increment("a");
         assert_eq!(h.counter("a"), 2);

@@ -39,7 +39,10 @@ impl Host for ProxyWasmHost {
 
     fn set_request_header(&self, name: &str, value: &str) {
         if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
-            log_line(Level::Warn, &format!("edgeguard: could not set request header {name}"));
+            log_line(
+                Level::Warn,
+                &format!("edgeguard: could not set request header {name}"),
+            );
         }
     }
 
@@ -48,8 +51,7 @@ impl Host for ProxyWasmHost {
     }
 
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str) {
-        if hostcalls::send_http_response(status, headers.to_vec(), Some(body.as_bytes())).is_err()
-        {
+        if hostcalls::send_http_response(status, headers.to_vec(), Some(body.as_bytes())).is_err() {
             log_line(Level::Error, "edgeguard: could not send the local reply");
         }
     }

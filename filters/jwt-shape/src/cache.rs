@@ -1,19 +1,24 @@
 //! A bounded cache of verified tokens, one per VM (so per Envoy worker). A hit skips base64,
 //! JSON and the signature check; an entry lives no longer than the token (`exp` + skew) and no
 //! longer than the key set that verified it (entries carry the key-set generation).
+//!
+//! Entries are compact (no claim set is kept, only what a request needs afterwards: the header
+//! values to stamp and the parsed shape claim), and each token is stored once, shared between
+//! the map and the eviction queue, so 4096 entries cost a few MiB per worker.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use edgeguard_verdict::shape::{ClaimError, Shape};
-use serde_json::Value;
+use rustc_hash::FxBuildHasher;
 
 /// What a verified token gave us.
 #[derive(Debug)]
 pub struct Verified {
-    pub claims: Value,
     /// Unix seconds after which the entry is stale (`None`: the token has no `exp`).
     pub not_after: Option<f64>,
+    /// `claim_to_headers` values: (index into the provider's list, value).
+    pub headers: Vec<(usize, Box<str>)>,
     /// The parsed shape claim, when some rule binds shapes.
     pub shape: Option<Result<Shape, ClaimError>>,
 }
@@ -24,24 +29,32 @@ struct Entry {
     verified: Rc<Verified>,
 }
 
-/// FIFO-evicted map from token to verification result.
+/// FIFO-evicted map from token to verification result. Only verified tokens are inserted, so
+/// clients cannot choose the keys; the fast non-cryptographic hash is therefore safe, and the
+/// full token is compared on lookup.
 pub struct TokenCache {
     max: usize,
-    map: HashMap<String, Entry>,
-    order: VecDeque<String>,
+    map: HashMap<Rc<str>, Entry, FxBuildHasher>,
+    order: VecDeque<Rc<str>>,
 }
 
 impl TokenCache {
     pub fn new(max: usize) -> TokenCache {
         TokenCache {
             max,
-            map: HashMap::with_capacity(max.min(1024)),
+            map: HashMap::with_capacity_and_hasher(max.min(1024), FxBuildHasher),
             order: VecDeque::with_capacity(max.min(1024)),
         }
     }
 
     /// A cached result for this token, provider and key-set generation, still valid at `now`.
-    pub fn get(&mut self, token: &str, provider: usize, generation: u64, now: f64) -> Option<Rc<Verified>> {
+    pub fn get(
+        &mut self,
+        token: &str,
+        provider: usize,
+        generation: u64,
+        now: f64,
+    ) -> Option<Rc<Verified>> {
         let entry = self.map.get(token)?;
         let fresh = entry.provider == provider
             && entry.generation == generation
@@ -54,7 +67,13 @@ impl TokenCache {
         }
     }
 
-    pub fn insert(&mut self, token: &str, provider: usize, generation: u64, verified: Rc<Verified>) {
+    pub fn insert(
+        &mut self,
+        token: &str,
+        provider: usize,
+        generation: u64,
+        verified: Rc<Verified>,
+    ) {
         if self.max == 0 {
             return;
         }
@@ -66,24 +85,19 @@ impl TokenCache {
                 None => break,
             }
         }
-        // `order` may hold keys already removed (expired); trim it so it stays bounded.
+        // `order` may hold tokens already removed (expired); trim it so it stays bounded.
         if self.order.len() >= self.max.saturating_mul(2) {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
-        if self
-            .map
-            .insert(
-                token.to_string(),
-                Entry {
-                    provider,
-                    generation,
-                    verified,
-                },
-            )
-            .is_none()
-        {
-            self.order.push_back(token.to_string());
+        let key: Rc<str> = Rc::from(token);
+        let entry = Entry {
+            provider,
+            generation,
+            verified,
+        };
+        if self.map.insert(key.clone(), entry).is_none() {
+            self.order.push_back(key);
         }
     }
 
@@ -102,8 +116,8 @@ mod tests {
 
     fn v(not_after: Option<f64>) -> Rc<Verified> {
         Rc::new(Verified {
-            claims: Value::Null,
             not_after,
+            headers: Vec::new(),
             shape: None,
         })
     }
@@ -118,7 +132,10 @@ mod tests {
         assert!(c.get("t", 0, 2, 99.0).is_none());
         c.insert("t", 0, 1, v(Some(100.0)));
         assert!(c.get("t", 0, 1, 101.0).is_none());
-        assert!(c.get("t", 0, 1, 50.0).is_none(), "expired entry was dropped");
+        assert!(
+            c.get("t", 0, 1, 50.0).is_none(),
+            "expired entry was dropped"
+        );
         c.insert("u", 0, 1, v(None));
         assert!(c.get("u", 0, 1, 1e12).is_some());
     }

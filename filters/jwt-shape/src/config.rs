@@ -369,7 +369,10 @@ fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     if !valid {
         return Err(err(field, format!("'{name}' is not a valid header name")));
     }
-    if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
+    if matches!(
+        lower.as_str(),
+        "host" | "content-length" | "transfer-encoding" | "connection"
+    ) {
         return Err(err(field, format!("'{name}' cannot be set by this filter")));
     }
     Ok(lower)
@@ -415,10 +418,14 @@ fn split_uri(field: &str, uri: &str) -> Result<(String, String), ConfigError> {
 
 fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, ConfigError> {
     let f = |s: &str| format!("providers.{name}.{s}");
-    let sources = [raw.hmac.is_some(), raw.local_jwks.is_some(), raw.remote_jwks.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let sources = [
+        raw.hmac.is_some(),
+        raw.local_jwks.is_some(),
+        raw.remote_jwks.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if sources != 1 {
         return Err(err(
             format!("providers.{name}"),
@@ -428,8 +435,16 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
     let keys = if let Some(h) = raw.hmac {
         let (text, field) = match (&h.secret, &h.secret_env) {
             (Some(s), None) => (s.clone(), f("hmac.secret")),
-            (None, Some(var)) => (env_value(&f("hmac.secret_env"), var, env)?, f("hmac.secret_env")),
-            _ => return Err(err(f("hmac"), "needs exactly one of 'secret' or 'secret_env'")),
+            (None, Some(var)) => (
+                env_value(&f("hmac.secret_env"), var, env)?,
+                f("hmac.secret_env"),
+            ),
+            _ => {
+                return Err(err(
+                    f("hmac"),
+                    "needs exactly one of 'secret' or 'secret_env'",
+                ))
+            }
         };
         let bytes = secret_bytes(&field, &text, h.encoding)?;
         KeySource::Static(KeySet::from_hmac_secret(&bytes).map_err(|e| err(field, e))?)
@@ -444,8 +459,8 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
                 ))
             }
         };
-        let (set, _skipped) = KeySet::from_jwks(doc.as_bytes())
-            .map_err(|e: JwksError| err(f("local_jwks"), e))?;
+        let (set, _skipped) =
+            KeySet::from_jwks(doc.as_bytes()).map_err(|e: JwksError| err(f("local_jwks"), e))?;
         KeySource::Static(set)
     } else if let Some(r) = raw.remote_jwks {
         if r.cluster.is_empty() {
@@ -453,7 +468,10 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
         }
         let (authority, path) = split_uri(&f("remote_jwks.uri"), &r.uri)?;
         if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
-            return Err(err(f("remote_jwks.timeout_ms"), "must be between 1 and 60000"));
+            return Err(err(
+                f("remote_jwks.timeout_ms"),
+                "must be between 1 and 60000",
+            ));
         }
         if r.refresh_interval_s == 0 {
             return Err(err(f("remote_jwks.refresh_interval_s"), "must be positive"));
@@ -505,16 +523,25 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
         locations.push(TokenLocation::Param(p));
     }
     if locations.is_empty() {
-        return Err(err(f("from_headers"), "no token location (from_headers and from_params are empty)"));
+        return Err(err(
+            f("from_headers"),
+            "no token location (from_headers and from_params are empty)",
+        ));
     }
 
     let mut claim_to_headers = Vec::new();
     for (i, c) in raw.claim_to_headers.into_iter().enumerate() {
         if c.claim_name.is_empty() {
-            return Err(err(f(&format!("claim_to_headers[{i}].claim_name")), "must not be empty"));
+            return Err(err(
+                f(&format!("claim_to_headers[{i}].claim_name")),
+                "must not be empty",
+            ));
         }
         claim_to_headers.push(ClaimHeader {
-            header: header_name(&f(&format!("claim_to_headers[{i}].header_name")), &c.header_name)?,
+            header: header_name(
+                &f(&format!("claim_to_headers[{i}].header_name")),
+                &c.header_name,
+            )?,
             claim: c.claim_name,
         });
     }
@@ -546,7 +573,8 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
 impl Config {
     /// Parses and validates the plugin configuration (the JSON Envoy passes to `on_configure`).
     pub fn parse(json: &[u8], env: &dyn Env) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| err("", format!("invalid configuration: {e}")))?;
+        let raw: RawConfig = serde_json::from_slice(json)
+            .map_err(|e| err("", format!("invalid configuration: {e}")))?;
         if raw.providers.is_empty() {
             return Err(err("providers", "must name at least one provider"));
         }
@@ -580,14 +608,27 @@ impl Config {
                         .ok_or_else(|| err(f("provider"), format!("no provider named '{name}'")))?,
                 ),
                 (None, true) => Requirement::Public,
-                _ => return Err(err(format!("rules[{i}]"), "needs exactly one of 'provider' or 'public: true'")),
+                _ => {
+                    return Err(err(
+                        format!("rules[{i}]"),
+                        "needs exactly one of 'provider' or 'public: true'",
+                    ))
+                }
             };
             if r.bind_shape && requires == Requirement::Public {
-                return Err(err(f("bind_shape"), "needs a provider (a public rule has no token to bind)"));
+                return Err(err(
+                    f("bind_shape"),
+                    "needs a provider (a public rule has no token to bind)",
+                ));
             }
             rules.push(Rule {
                 path,
-                methods: r.matcher.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                methods: r
+                    .matcher
+                    .methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
                 requires,
                 bind_shape: r.bind_shape,
             });
@@ -597,7 +638,10 @@ impl Config {
             (None, Some(var)) => Some(env_value("shape.electric_secret_env", &var, env)?),
             (None, None) => None,
             (Some(_), Some(_)) => {
-                return Err(err("shape", "has both 'electric_secret' and 'electric_secret_env'"))
+                return Err(err(
+                    "shape",
+                    "has both 'electric_secret' and 'electric_secret_env'",
+                ))
             }
         };
         if raw.cache.max_entries > 1_000_000 {
@@ -623,7 +667,9 @@ impl Config {
                     if owned_headers.contains(name) {
                         return Err(err(
                             format!("providers.{}", p.name),
-                            format!("header '{name}' is both a token location and set by the filter"),
+                            format!(
+                                "header '{name}' is both a token location and set by the filter"
+                            ),
                         ));
                     }
                 }
@@ -712,7 +758,9 @@ mod tests {
 
         let mut v = base();
         v["providers"]["demo"]["hmac"] = json!({"secret_env": "MISSING"});
-        assert!(field_of(v).starts_with("providers.demo.hmac.secret_env: environment variable MISSING"));
+        assert!(
+            field_of(v).starts_with("providers.demo.hmac.secret_env: environment variable MISSING")
+        );
 
         let mut v = base();
         v["providers"]["demo"]["hmac"] = json!({"secret_env": "DEMO_SECRET"});
@@ -728,19 +776,29 @@ mod tests {
 
         let mut v = base();
         v["rules"][0]["public"] = json!(true);
-        assert_eq!(field_of(v), "rules[0]: needs exactly one of 'provider' or 'public: true'");
+        assert_eq!(
+            field_of(v),
+            "rules[0]: needs exactly one of 'provider' or 'public: true'"
+        );
 
         let mut v = base();
         v["providers"]["demo"]["remote_jwks"] = json!({"cluster": "c", "uri": "http://x/jwks"});
-        assert_eq!(field_of(v), "providers.demo: needs exactly one of 'hmac', 'local_jwks' or 'remote_jwks'");
+        assert_eq!(
+            field_of(v),
+            "providers.demo: needs exactly one of 'hmac', 'local_jwks' or 'remote_jwks'"
+        );
 
         let mut v = base();
         v["providers"]["demo"]["hmac"] = serde_json::Value::Null;
         v["providers"]["demo"]["remote_jwks"] = json!({"cluster": "c", "uri": "ftp://x/jwks"});
-        assert_eq!(field_of(v), "providers.demo.remote_jwks.uri: must start with http:// or https://");
+        assert_eq!(
+            field_of(v),
+            "providers.demo.remote_jwks.uri: must start with http:// or https://"
+        );
 
         let mut v = base();
-        v["providers"]["demo"]["claim_to_headers"] = json!([{"header_name": "bad header", "claim_name": "sub"}]);
+        v["providers"]["demo"]["claim_to_headers"] =
+            json!([{"header_name": "bad header", "claim_name": "sub"}]);
         assert!(field_of(v).starts_with("providers.demo.claim_to_headers[0].header_name"));
 
         let mut v = base();
@@ -760,7 +818,8 @@ mod tests {
     fn remote_jwks_is_split() {
         let mut v = base();
         v["providers"]["demo"]["hmac"] = serde_json::Value::Null;
-        v["providers"]["demo"]["remote_jwks"] = json!({"cluster": "idp", "uri": "https://idp.example:8443/.well-known/jwks.json"});
+        v["providers"]["demo"]["remote_jwks"] =
+            json!({"cluster": "idp", "uri": "https://idp.example:8443/.well-known/jwks.json"});
         let c = parse(v).unwrap();
         match &c.providers[0].keys {
             KeySource::Remote(r) => {

@@ -97,7 +97,13 @@ pub const REALM: &str = "edgeguard";
 fn challenge_value(challenge: Challenge, message: &str) -> Option<String> {
     let description: String = message
         .chars()
-        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
         .collect();
     match challenge {
         Challenge::None => None,
@@ -114,13 +120,19 @@ fn challenge_value(challenge: Challenge, message: &str) -> Option<String> {
 fn deny<H: Host, M: Metrics>(host: &H, metrics: &M, d: Denial) -> Outcome {
     let body = json_body(d.status as u16, &d.message);
     let www = challenge_value(d.challenge, &d.message);
-    let mut headers = vec![("content-type", "application/json"), ("vary", "Authorization")];
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("vary", "Authorization"),
+    ];
     if let Some(w) = www.as_deref() {
         headers.push(("www-authenticate", w));
     }
     host.log(
         Level::Debug,
-        &format!("edgeguard jwt-shape: {} {} ({})", d.status, d.message, d.reason),
+        &format!(
+            "edgeguard jwt-shape: {} {} ({})",
+            d.status, d.message, d.reason
+        ),
     );
     metrics.increment(&metrics::denied(d.reason));
     host.send_response(d.status, &headers, &body);
@@ -134,7 +146,11 @@ enum Found {
 }
 
 /// Finds the token in the provider's locations, in order.
-fn find_token<H: Host>(host: &H, provider: &Provider, params: &[QueryParam<'_>]) -> Option<(String, Found)> {
+fn find_token<H: Host>(
+    host: &H,
+    provider: &Provider,
+    params: &[QueryParam<'_>],
+) -> Option<(String, Found)> {
     for loc in &provider.locations {
         match loc {
             TokenLocation::Header { name, prefix } => {
@@ -142,7 +158,9 @@ fn find_token<H: Host>(host: &H, provider: &Provider, params: &[QueryParam<'_>])
                     continue;
                 };
                 let rest = match value.get(..prefix.len()) {
-                    Some(head) if head.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..).unwrap_or(""),
+                    Some(head) if head.eq_ignore_ascii_case(prefix) => {
+                        value.get(prefix.len()..).unwrap_or("")
+                    }
                     _ => continue,
                 };
                 let token = rest.trim();
@@ -216,12 +234,24 @@ fn verify<M: Metrics>(
     let shape = config
         .binds_shapes()
         .then(|| shape::shape_from_claim(&config.shape_claim, &claims));
+    let headers = provider
+        .claim_to_headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ch)| {
+            token::claim_at(&claims, &ch.claim)
+                .and_then(token::claim_header_value)
+                .map(|v| (i, v.into_boxed_str()))
+        })
+        .collect();
     let verified = Rc::new(Verified {
-        claims,
         not_after: validity.not_after,
+        headers,
         shape,
     });
-    state.cache.insert(token, provider_index, generation, verified.clone());
+    state
+        .cache
+        .insert(token, provider_index, generation, verified.clone());
     Verification::Ok(verified)
 }
 
@@ -245,7 +275,9 @@ pub fn on_request<H: Host, M: Metrics>(
     if config.bypass_cors_preflight
         && method == "OPTIONS"
         && host.request_header("origin").is_some()
-        && host.request_header("access-control-request-method").is_some()
+        && host
+            .request_header("access-control-request-method")
+            .is_some()
     {
         metrics.increment(metrics::BYPASSED);
         return Outcome::Allowed { vary: false };
@@ -312,8 +344,21 @@ pub fn on_request<H: Host, M: Metrics>(
             Ok(s) => Some(s),
             Err(e) => {
                 // Check the token first: an anonymous client learns nothing about the query rules.
-                match verify(config, state, metrics, provider_index, provider, &token, now, may_wait) {
-                    Verification::Wait => return Outcome::Wait { provider: provider_index },
+                match verify(
+                    config,
+                    state,
+                    metrics,
+                    provider_index,
+                    provider,
+                    &token,
+                    now,
+                    may_wait,
+                ) {
+                    Verification::Wait => {
+                        return Outcome::Wait {
+                            provider: provider_index,
+                        }
+                    }
                     Verification::Err(te) => return deny(host, metrics, Denial::token(&te)),
                     Verification::Ok(_) => {}
                 }
@@ -324,9 +369,22 @@ pub fn on_request<H: Host, M: Metrics>(
         None
     };
 
-    let verified = match verify(config, state, metrics, provider_index, provider, &token, now, may_wait) {
+    let verified = match verify(
+        config,
+        state,
+        metrics,
+        provider_index,
+        provider,
+        &token,
+        now,
+        may_wait,
+    ) {
         Verification::Ok(v) => v,
-        Verification::Wait => return Outcome::Wait { provider: provider_index },
+        Verification::Wait => {
+            return Outcome::Wait {
+                provider: provider_index,
+            }
+        }
         Verification::Err(e) => return deny(host, metrics, Denial::token(&e)),
     };
 
@@ -342,16 +400,19 @@ pub fn on_request<H: Host, M: Metrics>(
                 return deny(
                     host,
                     metrics,
-                    Denial::forbidden("shape_claim", ClaimError::Missing(config.shape_claim.clone())),
+                    Denial::forbidden(
+                        "shape_claim",
+                        ClaimError::Missing(config.shape_claim.clone()),
+                    ),
                 )
             }
         }
     }
 
     // Allowed: stamp claims, forward or strip the token, rewrite the query when needed.
-    for ch in &provider.claim_to_headers {
-        if let Some(v) = token::claim_at(&verified.claims, &ch.claim).and_then(token::claim_header_value) {
-            host.set_request_header(&ch.header, &v);
+    for (i, value) in &verified.headers {
+        if let Some(ch) = provider.claim_to_headers.get(*i) {
+            host.set_request_header(&ch.header, value);
         }
     }
     if let Some(h) = &provider.forward_payload_header {
@@ -395,10 +456,11 @@ pub fn on_request<H: Host, M: Metrics>(
 pub fn vary_value(existing: Option<&str>) -> Option<String> {
     match existing {
         None => Some("Authorization".to_string()),
-        Some(v) if v.split(',').any(|p| {
-            let p = p.trim();
-            p.eq_ignore_ascii_case("authorization") || p == "*"
-        }) =>
+        Some(v)
+            if v.split(',').any(|p| {
+                let p = p.trim();
+                p.eq_ignore_ascii_case("authorization") || p == "*"
+            }) =>
         {
             None
         }

@@ -88,7 +88,8 @@ impl ProviderKeys {
             return Some(FetchReason::UnknownKid);
         }
         if failing {
-            return (since(r.last_start) >= cfg.retry_interval_s as f64).then_some(FetchReason::Retry);
+            return (since(r.last_start) >= cfg.retry_interval_s as f64)
+                .then_some(FetchReason::Retry);
         }
         (since(r.last_success) >= cfg.refresh_interval_s as f64).then_some(FetchReason::Refresh)
     }
@@ -138,7 +139,9 @@ impl ProviderKeys {
     }
 
     pub fn in_flight(&self) -> bool {
-        self.remote.as_ref().is_some_and(|r| r.in_flight_since.is_some())
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.in_flight_since.is_some())
     }
 
     /// With no key set yet: is a fetch running or about to start (so a request may wait)?
@@ -169,7 +172,10 @@ impl ProviderKeys {
 }
 
 /// Parses a fetched JWKS response.
-pub fn parse_response(status: Option<&str>, body: Option<&[u8]>) -> Result<(KeySet, Vec<String>), String> {
+pub fn parse_response(
+    status: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<(KeySet, Vec<String>), String> {
     match status {
         Some("200") => {}
         Some(s) => return Err(format!("JWKS endpoint answered HTTP {s}")),
@@ -177,7 +183,9 @@ pub fn parse_response(status: Option<&str>, body: Option<&[u8]>) -> Result<(KeyS
     }
     let body = body.ok_or("JWKS response has no body")?;
     if body.len() > MAX_JWKS_BYTES {
-        return Err(format!("JWKS response is larger than {MAX_JWKS_BYTES} bytes"));
+        return Err(format!(
+            "JWKS response is larger than {MAX_JWKS_BYTES} bytes"
+        ));
     }
     KeySet::from_jwks(body).map_err(|e: JwksError| e.to_string())
 }
@@ -207,7 +215,10 @@ mod tests {
         assert_eq!(k.fetch_due(1.0), None);
         assert!(k.first_load_pending(1.0));
         k.fetch_finished(Err("down".into()), 1.0);
-        assert!(!k.first_load_pending(2.0), "failed, and the retry is not due yet");
+        assert!(
+            !k.first_load_pending(2.0),
+            "failed, and the retry is not due yet"
+        );
         assert_eq!(k.fetch_due(5.0), Some(FetchReason::Retry));
         k.fetch_started(FetchReason::Retry, 5.0);
         k.fetch_finished(Ok(KeySet::default()), 5.1);
@@ -239,7 +250,11 @@ mod tests {
         assert!(!k.adopt(KeySet::default(), 10.0));
         assert!(k.adopt(KeySet::default(), 11.0));
         assert_eq!(k.generation, 2);
-        assert_eq!(k.fetch_due(12.0), Some(FetchReason::Initial), "adopting does not replace our own first fetch");
+        assert_eq!(
+            k.fetch_due(12.0),
+            Some(FetchReason::Initial),
+            "adopting does not replace our own first fetch"
+        );
     }
 
     #[test]
@@ -252,9 +267,17 @@ mod tests {
 
     #[test]
     fn responses() {
-        assert!(parse_response(None, None).unwrap_err().contains("unreachable"));
-        assert!(parse_response(Some("503"), Some(b"{}")).unwrap_err().contains("503"));
-        assert!(parse_response(Some("200"), Some(b"<html>")).unwrap_err().contains("not valid JSON"));
-        assert!(parse_response(Some("200"), Some(b"{\"keys\": []}")).unwrap_err().contains("no usable key"));
+        assert!(parse_response(None, None)
+            .unwrap_err()
+            .contains("unreachable"));
+        assert!(parse_response(Some("503"), Some(b"{}"))
+            .unwrap_err()
+            .contains("503"));
+        assert!(parse_response(Some("200"), Some(b"<html>"))
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parse_response(Some("200"), Some(b"{\"keys\": []}"))
+            .unwrap_err()
+            .contains("no usable key"));
     }
 }

@@ -38,10 +38,17 @@ pub fn denied(reason: &str) -> String {
 
 /// Every counter name.
 pub fn all() -> Vec<String> {
-    let mut names: Vec<String> = [ALLOWED, BYPASSED, CACHE_HIT, CACHE_MISS, JWKS_FETCH_OK, JWKS_FETCH_FAILED]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> = [
+        ALLOWED,
+        BYPASSED,
+        CACHE_HIT,
+        CACHE_MISS,
+        JWKS_FETCH_OK,
+        JWKS_FETCH_FAILED,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     names.extend(DENIAL_REASONS.iter().map(|r| denied(r)));
     names
 }

@@ -56,14 +56,20 @@ impl Shared {
 /// Shared-data key under which workers publish a remote JWKS they fetched, so every worker
 /// (every VM with this vm_id) uses the newest keys any of them has seen.
 fn remote_key(r: &RemoteJwks) -> String {
-    format!("edgeguard.jwt_shape.jwks|{}|{}{}", r.cluster, r.authority, r.path)
+    format!(
+        "edgeguard.jwt_shape.jwks|{}|{}{}",
+        r.cluster, r.authority, r.path
+    )
 }
 
 fn publish(key: &str, fetched_at: f64, body: &[u8]) {
     let mut value = format!("{fetched_at}\n").into_bytes();
     value.extend_from_slice(body);
     if hostcalls::set_shared_data(key, Some(&value), None).is_err() {
-        log_line(Level::Debug, "edgeguard jwt-shape: could not share the JWKS with other workers");
+        log_line(
+            Level::Debug,
+            "edgeguard jwt-shape: could not share the JWKS with other workers",
+        );
     }
 }
 
@@ -89,7 +95,11 @@ impl Root {
     fn resume_waiting(&self, shared: &Shared, provider: usize) {
         let ids: Vec<u32> = {
             let mut waiting = shared.waiting.borrow_mut();
-            let ids = waiting.iter().filter(|(_, p)| *p == provider).map(|(id, _)| *id).collect();
+            let ids = waiting
+                .iter()
+                .filter(|(_, p)| *p == provider)
+                .map(|(id, _)| *id)
+                .collect();
             waiting.retain(|(_, p)| *p != provider);
             ids
         };
@@ -100,7 +110,14 @@ impl Root {
             }
             let outcome = {
                 let mut state = shared.state.borrow_mut();
-                engine::on_request(&shared.config, &mut state, &ProxyWasmHost, &shared.metrics, now, false)
+                engine::on_request(
+                    &shared.config,
+                    &mut state,
+                    &ProxyWasmHost,
+                    &shared.metrics,
+                    now,
+                    false,
+                )
             };
             match outcome {
                 Outcome::Allowed { vary } => {
@@ -110,7 +127,11 @@ impl Root {
                 Outcome::Denied => {}
                 Outcome::Wait { .. } => {
                     // not reachable with may_wait = false; never leave a request hanging
-                    ProxyWasmHost.send_response(503, &[("content-type", "application/json")], &edgeguard_verdict::reply::json_body(503, "signing keys are not available"));
+                    ProxyWasmHost.send_response(
+                        503,
+                        &[("content-type", "application/json")],
+                        &edgeguard_verdict::reply::json_body(503, "signing keys are not available"),
+                    );
                 }
             }
         }
@@ -119,20 +140,35 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let Some(provider) = self.callouts.remove(&token_id) else {
             return;
         };
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
         let body = if body_size > keys::MAX_JWKS_BYTES {
             Some(vec![0u8; keys::MAX_JWKS_BYTES + 1])
         } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten()
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
         };
-        let name = shared.config.providers.get(provider).map_or("?", |p| p.name.as_str()).to_string();
+        let name = shared
+            .config
+            .providers
+            .get(provider)
+            .map_or("?", |p| p.name.as_str())
+            .to_string();
         let result = keys::parse_response(status.as_deref(), body.as_deref());
         let now = now();
         {
@@ -149,13 +185,22 @@ impl Context for Root {
                     let kids = set.kids().join(", ");
                     log_line(Level::Info, &format!("edgeguard jwt-shape: provider '{name}': JWKS loaded, {} key(s) [{kids}]", set.keys.len()));
                     for s in skipped {
-                        log_line(Level::Warn, &format!("edgeguard jwt-shape: provider '{name}': JWKS key skipped: {s}"));
+                        log_line(
+                            Level::Warn,
+                            &format!(
+                                "edgeguard jwt-shape: provider '{name}': JWKS key skipped: {s}"
+                            ),
+                        );
                     }
                     k.fetch_finished(Ok(set), now);
                 }
                 Err(e) => {
                     shared.metrics.increment(metrics::JWKS_FETCH_FAILED);
-                    let keeping = if k.set.is_some() { "keeping the last good keys" } else { "no keys yet" };
+                    let keeping = if k.set.is_some() {
+                        "keeping the last good keys"
+                    } else {
+                        "no keys yet"
+                    };
                     log_line(Level::Warn, &format!("edgeguard jwt-shape: provider '{name}': JWKS fetch failed: {e}; {keeping}"));
                     k.fetch_finished(Err(e), now);
                 }
@@ -174,11 +219,17 @@ impl RootContext for Root {
         let config = match Config::parse(&bytes, &ProcessEnv) {
             Ok(c) => c,
             Err(e) => {
-                log_line(Level::Critical, &format!("edgeguard jwt-shape: configuration refused: {e}"));
+                log_line(
+                    Level::Critical,
+                    &format!("edgeguard jwt-shape: configuration refused: {e}"),
+                );
                 return false;
             }
         };
-        let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
+        let remote = config
+            .providers
+            .iter()
+            .any(|p| matches!(p.keys, KeySource::Remote(_)));
         let m = WasmMetrics::default();
         for name in metrics::all() {
             m.define(&name);
@@ -200,7 +251,10 @@ impl RootContext for Root {
             decided: RefCell::new(HashMap::new()),
         }));
         if remote && hostcalls::set_tick_period(TICK).is_err() {
-            log_line(Level::Critical, "edgeguard jwt-shape: cannot set a tick period; remote JWKS would never load");
+            log_line(
+                Level::Critical,
+                "edgeguard jwt-shape: cannot set a tick period; remote JWKS would never load",
+            );
             return false;
         }
         true
@@ -224,7 +278,12 @@ impl RootContext for Root {
                 continue;
             }
             let adopted = match keys::parse_response(Some("200"), Some(&body)) {
-                Ok((set, _)) => shared.state.borrow_mut().keys.get_mut(i).is_some_and(|k| k.adopt(set, at)),
+                Ok((set, _)) => shared
+                    .state
+                    .borrow_mut()
+                    .keys
+                    .get_mut(i)
+                    .is_some_and(|k| k.adopt(set, at)),
                 Err(_) => false,
             };
             if adopted {
@@ -251,7 +310,13 @@ impl RootContext for Root {
                     ("user-agent", "edgeguard-jwt-shape"),
                 ];
                 k.fetch_started(reason, now);
-                match hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], Duration::from_millis(remote.timeout_ms)) {
+                match hostcalls::dispatch_http_call(
+                    &remote.cluster,
+                    headers,
+                    None,
+                    vec![],
+                    Duration::from_millis(remote.timeout_ms),
+                ) {
                     Ok(token) => {
                         if reason != FetchReason::Refresh {
                             log_line(Level::Debug, &format!("edgeguard jwt-shape: provider '{}': fetching JWKS ({reason:?})", provider.name));
@@ -304,12 +369,23 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
-            ProxyWasmHost.send_response(503, &[("content-type", "application/json")], &edgeguard_verdict::reply::json_body(503, "jwt-shape filter is not configured"));
+            ProxyWasmHost.send_response(
+                503,
+                &[("content-type", "application/json")],
+                &edgeguard_verdict::reply::json_body(503, "jwt-shape filter is not configured"),
+            );
             return Action::Pause;
         };
         let outcome = {
             let mut state = shared.state.borrow_mut();
-            engine::on_request(&shared.config, &mut state, &ProxyWasmHost, &shared.metrics, now(), true)
+            engine::on_request(
+                &shared.config,
+                &mut state,
+                &ProxyWasmHost,
+                &shared.metrics,
+                now(),
+                true,
+            )
         };
         match outcome {
             Outcome::Allowed { vary } => {
@@ -321,8 +397,17 @@ impl HttpContext for Http {
                 let mut waiting = shared.waiting.borrow_mut();
                 if waiting.len() >= MAX_WAITING {
                     drop(waiting);
-                    ProxyWasmHost.send_response(503, &[("content-type", "application/json"), ("retry-after", "1")], &edgeguard_verdict::reply::json_body(503, "too many requests waiting for signing keys"));
-                    shared.metrics.increment(&metrics::denied("keys_unavailable"));
+                    ProxyWasmHost.send_response(
+                        503,
+                        &[("content-type", "application/json"), ("retry-after", "1")],
+                        &edgeguard_verdict::reply::json_body(
+                            503,
+                            "too many requests waiting for signing keys",
+                        ),
+                    );
+                    shared
+                        .metrics
+                        .increment(&metrics::denied("keys_unavailable"));
                     return Action::Pause;
                 }
                 waiting.push((self.id, provider));
@@ -338,7 +423,9 @@ impl HttpContext for Http {
             .and_then(|s| s.decided.borrow_mut().remove(&self.id))
             .unwrap_or(false);
         if self.vary || decided {
-            let existing = hostcalls::get_map_value(MapType::HttpResponseHeaders, "vary").ok().flatten();
+            let existing = hostcalls::get_map_value(MapType::HttpResponseHeaders, "vary")
+                .ok()
+                .flatten();
             if let Some(v) = engine::vary_value(existing.as_deref()) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "vary", Some(&v));
             }

@@ -8,7 +8,11 @@ mod echo;
 mod token;
 
 #[derive(Parser)]
-#[command(name = "edgeguard", version, about = "edgeguard sidecars and tools for the Envoy data plane")]
+#[command(
+    name = "edgeguard",
+    version,
+    about = "edgeguard sidecars and tools for the Envoy data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mint a shape-scoped HS256 token (prints the token only).
-    Token(token::TokenArgs),
+    Token(Box<token::TokenArgs>),
     /// Run a small upstream that echoes each request back as JSON (demo and tests).
     Echo(echo::EchoArgs),
 }
@@ -32,7 +36,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Token(args) => token::run(args),
+        Command::Token(args) => token::run(*args),
         Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
     };
     match result {

@@ -43,7 +43,12 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// HMAC secret (UTF-8 bytes).
-    #[arg(long, env = "EDGEGUARD_TOKEN_SECRET", conflicts_with = "secret_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EDGEGUARD_TOKEN_SECRET",
+        conflicts_with = "secret_file",
+        hide_env_values = true
+    )]
     secret: Option<String>,
     /// File holding the HMAC secret (a trailing newline is ignored).
     #[arg(long)]
