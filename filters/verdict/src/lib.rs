@@ -7,10 +7,12 @@
 //! - [`jwk`]: key sets (JWKS, HMAC secrets) and signature checks with strict alg/key binding;
 //! - [`rsa`]: a verify-only RSA built for speed inside V8's wasm runtime;
 //! - [`query`], [`identifier`], [`shape`]: Electric shape requests and shape claims;
+//! - [`portal`]: PEAS-compatible portal-app verdicts (ext_authz sidecar and portal-auth filter);
 //! - [`reply`]: the JSON error bodies every edgeguard component answers with.
 
 pub mod identifier;
 pub mod jwk;
+pub mod portal;
 pub mod query;
 pub mod reply;
 pub mod rsa;
