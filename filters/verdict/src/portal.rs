@@ -290,7 +290,7 @@ pub fn app_id<'a>(path: &'a str, headers: &'a dyn Headers) -> Option<&'a str> {
 
 /// The API key a request presents: the `Authorization` value, minus an exact `Bearer `
 /// prefix when the value is longer than it (PEAS semantics).
-pub fn presented_key<'a>(headers: &'a dyn Headers) -> Option<&'a str> {
+pub fn presented_key(headers: &dyn Headers) -> Option<&str> {
     let value = headers.get("authorization")?;
     if value.is_empty() {
         return None;
