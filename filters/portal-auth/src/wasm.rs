@@ -1,0 +1,225 @@
+//! proxy-wasm glue: the root context keeps the store copy current from a timer; HTTP contexts
+//! decide requests with [`crate::engine`].
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use edgeguard_host::{log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+
+use crate::config::Config;
+use crate::engine::{self, Copy};
+use crate::metrics;
+use crate::sync::{Fetched, Sync};
+
+/// Largest store update read (100k apps are ~8 MiB).
+const MAX_UPDATE_BYTES: usize = 256 << 20;
+
+proxy_wasm::main! {{
+    std::panic::set_hook(Box::new(|info| {
+        log_line(Level::Critical, &format!("edgeguard portal-auth: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None, sync: Sync::default(), callout: None }) });
+}}
+
+struct Shared {
+    config: Config,
+    copy: RefCell<Copy>,
+    metrics: WasmMetrics,
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+    sync: Sync,
+    callout: Option<u32>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if self.callout != Some(token_id) {
+            return;
+        }
+        self.callout = None;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let body = if body_size > MAX_UPDATE_BYTES {
+            None
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+        };
+        let result = {
+            let mut copy = shared.copy.borrow_mut();
+            self.sync
+                .finished(&mut copy, status.as_deref(), body.as_deref())
+        };
+        match result {
+            Ok(fetched) => {
+                shared.metrics.increment(metrics::FETCH_OK);
+                if let Fetched::Applied { version, apps } = fetched {
+                    shared.metrics.gauge(metrics::STORE_VERSION, version);
+                    shared.metrics.gauge(metrics::STORE_APPS, apps as u64);
+                    log_line(
+                        Level::Debug,
+                        &format!(
+                            "edgeguard portal-auth: store copy at version {version} ({apps} apps)"
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                shared.metrics.increment(metrics::FETCH_FAILED);
+                let loaded = shared.copy.borrow().loaded;
+                // one line per failure streak start, then every 30th, to keep the log readable
+                if self.sync.consecutive_failures == 1
+                    || self.sync.consecutive_failures.is_multiple_of(30)
+                {
+                    let keeping = if loaded {
+                        "keeping the last copy"
+                    } else {
+                        "no copy yet"
+                    };
+                    log_line(
+                        Level::Warn,
+                        &format!("edgeguard portal-auth: store fetch failed: {e}; {keeping}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log_line(
+                    Level::Critical,
+                    &format!("edgeguard portal-auth: configuration refused: {e}"),
+                );
+                return false;
+            }
+        };
+        let m = WasmMetrics::default();
+        for name in metrics::counters() {
+            m.define(&name);
+        }
+        let tick = Duration::from_millis(config.store.refresh_interval_ms.min(100));
+        log_line(
+            Level::Info,
+            &format!(
+                "edgeguard portal-auth: configured; store from cluster '{}'",
+                config.store.cluster
+            ),
+        );
+        self.shared = Some(Rc::new(Shared {
+            config,
+            copy: RefCell::new(Copy::default()),
+            metrics: m,
+        }));
+        if hostcalls::set_tick_period(tick).is_err() {
+            log_line(
+                Level::Critical,
+                "edgeguard portal-auth: cannot set a tick period; the store would never load",
+            );
+            return false;
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = now();
+        let source = &shared.config.store;
+        if !self.sync.due(source, now) {
+            return;
+        }
+        let path = self.sync.path(source, shared.copy.borrow().version);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", source.authority.as_str()),
+            ("accept", edgeguard_verdict::portal_wire::CONTENT_TYPE),
+            ("user-agent", "edgeguard-portal-auth"),
+        ];
+        self.sync.started(now);
+        match hostcalls::dispatch_http_call(
+            &source.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(source.timeout_ms),
+        ) {
+            Ok(token) => self.callout = Some(token),
+            Err(status) => {
+                let mut copy = shared.copy.borrow_mut();
+                let _ = self.sync.finished(&mut copy, None, None);
+                shared.metrics.increment(metrics::FETCH_FAILED);
+                if self.sync.consecutive_failures == 1 {
+                    log_line(
+                        Level::Warn,
+                        &format!(
+                            "edgeguard portal-auth: cannot call cluster '{}' ({status:?})",
+                            source.cluster
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            ProxyWasmHost.send_response(
+                503,
+                &[("content-type", "application/json")],
+                &edgeguard_verdict::reply::json_body(503, "portal-auth filter is not configured"),
+            );
+            return Action::Pause;
+        };
+        let copy = shared.copy.borrow();
+        match engine::on_request(&shared.config, &copy, &ProxyWasmHost, &shared.metrics) {
+            engine::Outcome::Denied => Action::Pause,
+            engine::Outcome::Allowed | engine::Outcome::FailedOpen => Action::Continue,
+        }
+    }
+}
