@@ -1,0 +1,235 @@
+//! The YAML source: a file watcher (debounced) plus a poll every `app_refresh` as a safety
+//! net. A file that does not change is not re-parsed; a bad file is reported once per
+//! distinct content and the last good data stays.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{StoreConfig, StoreOptions};
+use crate::observer::{ErrorType, RefreshKind, RefreshOk, SourceType};
+use crate::snapshot::Origin;
+use crate::store::{serve_snapshot_file, FileWriter, Publisher};
+use crate::yaml::{parse_yaml, YamlError};
+
+pub(crate) fn spawn(
+    publisher: Publisher,
+    path: PathBuf,
+    cfg: &StoreConfig,
+    options: &StoreOptions,
+) -> Vec<JoinHandle<()>> {
+    let w = YamlWatcher {
+        publisher,
+        path,
+        poll: cfg.app_refresh,
+        debounce: options.file_debounce,
+        file: FileWriter::new(cfg.snapshot_file.clone()),
+        last_hash: None,
+        last_error: None,
+        tried_file: false,
+    };
+    vec![tokio::spawn(w.run())]
+}
+
+struct YamlWatcher {
+    publisher: Publisher,
+    path: PathBuf,
+    poll: Duration,
+    debounce: Duration,
+    file: FileWriter,
+    /// Digest of the last content loaded or rejected.
+    last_hash: Option<[u8; 32]>,
+    last_error: Option<String>,
+    tried_file: bool,
+}
+
+/// Watches the file's directory (editors and Kubernetes ConfigMaps replace files by rename,
+/// which a watch on the file itself would miss).
+fn watch(path: &Path, wake: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let relevant = match &res {
+            Ok(ev) => ev.paths.iter().any(|p| {
+                let f = p.file_name();
+                f == name.as_deref() || f.is_some_and(|f| f.to_string_lossy().starts_with(".."))
+            }),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = wake.try_send(());
+        }
+    })?;
+    w.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(w)
+}
+
+impl YamlWatcher {
+    async fn run(mut self) {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let mut watcher = None;
+        let shared = self.publisher.shared.clone();
+        loop {
+            if watcher.is_none() {
+                match watch(&self.path, tx.clone()) {
+                    Ok(w) => watcher = Some(w),
+                    Err(e) => {
+                        tracing::warn!(file = %self.path.display(), error = %e, "cannot watch the portal apps file; polling every {:?}", self.poll)
+                    }
+                }
+            }
+            self.reload().await;
+            tokio::select! {
+                _ = rx.recv() => {
+                    // let a burst of events (write, rename, chmod) settle
+                    tokio::time::sleep(self.debounce).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                // an unchanged file is current already: reload() re-reads and compares
+                _ = shared.refresh_now.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String, hash: Option<[u8; 32]>) {
+        let shared = &self.publisher.shared;
+        {
+            let mut st = shared.status();
+            st.refresh_errors += 1;
+            st.consecutive_errors += 1;
+            st.last_error = Some(message.clone());
+        }
+        // report a given bad content (or a given read error) once, not at every poll
+        let repeat = self.last_error.as_deref() == Some(message.as_str()) && self.last_hash == hash;
+        if !repeat {
+            let loaded = shared.current().loaded;
+            tracing::error!(error = %message, keeping_last_good = loaded, "portal apps file rejected");
+            shared
+                .observer
+                .refresh_error(SourceType::PortalAppStore, ErrorType::FileError);
+        }
+        self.last_error = Some(message);
+        self.last_hash = hash;
+    }
+
+    async fn reload(&mut self) {
+        let shared = self.publisher.shared.clone();
+        let started = Instant::now();
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(source) => {
+                let e = YamlError::Read {
+                    path: self.path.clone(),
+                    source,
+                };
+                self.fail(e.to_string(), None);
+                self.fallback().await;
+                return;
+            }
+        };
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if self.last_hash == Some(hash) {
+            if self.last_error.is_none() {
+                // unchanged and good: the data is confirmed fresh
+                shared.status().last_success = Some(SystemTime::now());
+                shared.status().usage_last_success = Some(SystemTime::now());
+            }
+            return;
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("portal apps file {}: not UTF-8 ({e})", self.path.display());
+                self.fail(msg, Some(hash));
+                self.fallback().await;
+                return;
+            }
+        };
+        let path = self.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || parse_yaml(&text, &path)).await;
+        let data = match parsed {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                self.fail(e.to_string(), Some(hash));
+                self.fallback().await;
+                return;
+            }
+            Err(e) => {
+                self.fail(
+                    format!("parsing the portal apps file failed: {e}"),
+                    Some(hash),
+                );
+                return;
+            }
+        };
+        if !data.missing_keys.is_empty() {
+            tracing::warn!(count = data.missing_keys.len(), apps = ?data.missing_keys.iter().take(10).collect::<Vec<_>>(), "apps with secret_key_required but no key: every request to them is denied (401)");
+        }
+        let app_count = data.apps.len();
+        let published = self.publisher.publish_full(
+            data.apps,
+            Some(data.usage),
+            Origin::Yaml,
+            Some(SystemTime::now()),
+        );
+        let duration = started.elapsed();
+        let had_error = self.last_error.take().is_some();
+        self.last_hash = Some(hash);
+        {
+            let mut st = shared.status();
+            st.last_success = Some(SystemTime::now());
+            st.usage_last_success = st.last_success;
+            st.last_refresh_duration = Some(duration);
+            st.consecutive_errors = 0;
+        }
+        tracing::info!(
+            file = %self.path.display(),
+            apps = app_count,
+            accounts = data.accounts,
+            changed = published.apps_changed + published.usage_changed,
+            version = published.version,
+            recovered = had_error,
+            "portal apps file loaded"
+        );
+        let snap = shared.current();
+        shared.observer.refresh_ok(&RefreshOk {
+            source_type: SourceType::PortalAppStore,
+            kind: RefreshKind::Full,
+            duration,
+            apps: snap.app_count(),
+            accounts: snap.account_count(),
+            changed: published.apps_changed,
+            version: published.version,
+        });
+        shared.observer.refresh_ok(&RefreshOk {
+            source_type: SourceType::RateLimitStore,
+            kind: RefreshKind::Full,
+            duration,
+            apps: snap.app_count(),
+            accounts: snap.usage_count(),
+            changed: published.usage_changed,
+            version: published.version,
+        });
+        shared.observer.usage(&snap.usage_summary());
+        self.file.write(&shared, snap).await;
+    }
+
+    /// Serves the last-good snapshot file once, if nothing was ever loaded.
+    async fn fallback(&mut self) {
+        if self.tried_file || self.publisher.shared.current().loaded {
+            return;
+        }
+        self.tried_file = true;
+        if let Some(path) = self.file.path().cloned() {
+            serve_snapshot_file(&self.publisher, &path).await;
+        }
+    }
+}
