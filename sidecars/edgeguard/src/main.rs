@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod echo;
+mod migrate;
 mod token;
 
 #[derive(Parser)]
@@ -24,6 +25,13 @@ enum Command {
     Token(Box<token::TokenArgs>),
     /// Run a small upstream that echoes each request back as JSON (demo and tests).
     Echo(echo::EchoArgs),
+    /// Serve Envoy ext_authz (PEAS-compatible portal-app verdicts) from Postgres or a YAML file.
+    Authz(Box<edgeguard_authz::AuthzArgs>),
+    /// Apply edgeguard's SQL to a Postgres: usage table and change-notify triggers (and,
+    /// with --grove-schema, PEAS's Grove tables for a fresh demo database).
+    Migrate(migrate::MigrateArgs),
+    /// Serve Envoy its configuration over ADS (LDS/RDS/CDS/EDS/ECDS) from a YAML file.
+    Xds(Box<edgeguard_xds::XdsArgs>),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -38,6 +46,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Token(args) => token::run(*args),
         Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
+        Command::Authz(args) => runtime().and_then(|rt| {
+            rt.block_on(edgeguard_authz::run(*args))
+                .map_err(|e| e.to_string())
+        }),
+        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
+        Command::Xds(args) => runtime().and_then(|rt| {
+            rt.block_on(edgeguard_xds::run(*args))
+                .map_err(|e| e.to_string())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

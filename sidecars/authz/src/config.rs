@@ -1,0 +1,165 @@
+//! `edgeguard authz` settings: PEAS's environment variables (same names, same defaults, `0`
+//! meaning "default" as PEAS does), each also a flag. A bad value stops start-up with a
+//! message naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Parses a Go-style duration (`300ms`, `30s`, `5m`, `1h30m`); `0` means "use the default".
+pub fn go_duration(
+    var: &'static str,
+    default: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s: &str| {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(default);
+        }
+        let d = humantime::parse_duration(&s.replace("us", "µs"))
+            .map_err(|e| format!("{var} must be a duration like 30s, 5m or 1h30m ({e})"))?;
+        if d.is_zero() {
+            return Ok(default);
+        }
+        Ok(d)
+    }
+}
+
+/// Parses a TCP port; `0` means the default (PEAS semantics).
+pub fn port(var: &'static str, default: u16) -> impl Fn(&str) -> Result<u16, String> + Clone {
+    move |s: &str| match s.trim().parse::<u16>() {
+        Ok(0) => Ok(default),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!(
+            "{var} must be a port number between 1 and 65535 (0 = default {default})"
+        )),
+    }
+}
+
+fn log_level(s: &str) -> Result<String, String> {
+    let l = s.trim().to_ascii_lowercase();
+    match l.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" => Ok(l),
+        "warning" => Ok("warn".into()),
+        "fatal" | "panic" => Ok("error".into()),
+        _ => Err("LOGGER_LEVEL must be one of trace, debug, info, warn, error".into()),
+    }
+}
+
+fn postgres_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("postgres://") || s.starts_with("postgresql://"))
+        && s.len() > "postgres://".len();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "POSTGRES_CONNECTION_STRING must look like postgres://user:password@host:5432/database"
+                .into(),
+        )
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct AuthzArgs {
+    /// Postgres with the Grove schema (PEAS's source). Without it, --portal-apps-file is used.
+    #[arg(long, env = "POSTGRES_CONNECTION_STRING", value_parser = postgres_url, hide_env_values = true)]
+    pub postgres_connection_string: Option<String>,
+
+    /// DB-less mode: a YAML file of accounts and apps, hot-reloaded on change.
+    #[arg(
+        long,
+        env = "PORTAL_APPS_FILE",
+        conflicts_with = "postgres_connection_string"
+    )]
+    pub portal_apps_file: Option<PathBuf>,
+
+    /// gRPC port of the ext_authz service.
+    #[arg(long, env = "PORT", default_value = "10001", value_parser = port("PORT", 10001))]
+    pub port: u16,
+
+    /// Port of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_PORT", default_value = "9090", value_parser = port("METRICS_PORT", 9090))]
+    pub metrics_port: u16,
+
+    /// Address both servers listen on.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+
+    /// trace, debug, info, warn or error.
+    #[arg(long, env = "LOGGER_LEVEL", default_value = "info", value_parser = log_level)]
+    pub logger_level: String,
+
+    /// json (default, for log pipelines) or text.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Version shown by /healthz.
+    #[arg(long, env = "IMAGE_TAG", default_value = "development")]
+    pub image_tag: String,
+
+    /// How often the portal-app store is fully reloaded (the safety net under LISTEN/NOTIFY).
+    #[arg(long, env = "PORTAL_APP_STORE_REFRESH_INTERVAL", default_value = "30s",
+          value_parser = go_duration("PORTAL_APP_STORE_REFRESH_INTERVAL", Duration::from_secs(30)))]
+    pub portal_app_store_refresh_interval: Duration,
+
+    /// How often monthly usage is reloaded.
+    #[arg(long, env = "RATE_LIMIT_STORE_REFRESH_INTERVAL", default_value = "5m",
+          value_parser = go_duration("RATE_LIMIT_STORE_REFRESH_INTERVAL", Duration::from_secs(300)))]
+    pub rate_limit_store_refresh_interval: Duration,
+
+    /// Stamp `Rl-Plan-Free` / `Rl-User-Limit-<millions>` on allowed requests (as PEAS once did).
+    #[arg(long, env = "RATE_LIMIT_HEADERS", default_value_t = false)]
+    pub rate_limit_headers: bool,
+
+    /// Last-good snapshot file: written after every successful load, served when Postgres is
+    /// down at start.
+    #[arg(long, env = "PORTAL_APP_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_go() {
+        let p = go_duration("X", Duration::from_secs(30));
+        assert_eq!(p("0").unwrap(), Duration::from_secs(30));
+        assert_eq!(p("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(p("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(p("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(p("10us").unwrap(), Duration::from_micros(10));
+        assert!(p("soon").unwrap_err().starts_with("X must be a duration"));
+        assert!(p("-1s").is_err());
+    }
+
+    #[test]
+    fn ports_like_peas() {
+        let p = port("PORT", 10001);
+        assert_eq!(p("0").unwrap(), 10001);
+        assert_eq!(p("8080").unwrap(), 8080);
+        assert!(p("http")
+            .unwrap_err()
+            .starts_with("PORT must be a port number"));
+        assert!(p("70000").is_err());
+    }
+
+    #[test]
+    fn other_values() {
+        assert_eq!(log_level("WARNING").unwrap(), "warn");
+        assert!(log_level("loud").is_err());
+        assert!(postgres_url("postgres://u:p@h:5432/db").is_ok());
+        assert!(postgres_url("mysql://x")
+            .unwrap_err()
+            .contains("POSTGRES_CONNECTION_STRING"));
+    }
+}

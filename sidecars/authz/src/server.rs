@@ -1,0 +1,371 @@
+//! Assembly: logging, metrics, the store, gRPC (authz + health + reflection) and the HTTP
+//! server for /metrics, /healthz and /readyz; graceful shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use edgeguard_portal_store as store;
+use edgeguard_verdict::portal::{CheckOptions, PortalView};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+
+use crate::config::{AuthzArgs, LogFormat};
+use crate::metrics::Metrics;
+use crate::service::AuthzService;
+use crate::{StoreHandle, EXT_AUTHZ_DESCRIPTOR};
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn init_logging(args: &AuthzArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{lvl},h2=warn,hyper=warn,tower=warn,sqlx=warn",
+        lvl = args.logger_level
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Adapts the store to the service.
+struct StoreAdapter(Arc<store::Store>);
+
+impl StoreHandle for StoreAdapter {
+    fn view(&self) -> Arc<dyn PortalView + Send + Sync> {
+        self.0.snapshot()
+    }
+}
+
+/// Feeds store events into the metrics.
+struct Observer(Arc<Metrics>);
+
+impl store::StoreObserver for Observer {
+    fn refresh_ok(&self, event: &store::RefreshOk) {
+        let m = &self.0;
+        let source = event.source_type.as_str();
+        m.refresh_duration
+            .with_label_values(&[source, event.kind.as_str()])
+            .observe(event.duration.as_secs_f64());
+        if event.source_type == store::SourceType::PortalAppStore {
+            m.store_size
+                .with_label_values(&["portal_apps"])
+                .set(event.apps as i64);
+            m.store_size
+                .with_label_values(&["accounts"])
+                .set(event.accounts as i64);
+        }
+    }
+
+    fn refresh_error(&self, source_type: store::SourceType, error_type: store::ErrorType) {
+        self.0
+            .refresh_errors
+            .with_label_values(&[source_type.as_str(), error_type.as_str()])
+            .inc();
+    }
+
+    fn usage(&self, summary: &[store::AccountUsage]) {
+        let m = &self.0;
+        let mut over = 0i64;
+        let mut limited = 0i64;
+        for a in summary {
+            let limit = a.limit.to_string();
+            m.account_usage
+                .with_label_values(&[&a.account_id, &a.plan, &limit])
+                .set(a.usage as f64);
+            if a.usage >= edgeguard_verdict::portal::FREE_MONTHLY_RELAYS {
+                over += 1;
+            }
+            if a.limited {
+                limited += 1;
+                m.rate_limited_accounts
+                    .with_label_values(&[
+                        &a.account_id,
+                        &a.plan,
+                        &format!("{:.2}", a.usage as f64),
+                        &limit,
+                    ])
+                    .set(a.usage as f64);
+            }
+        }
+        m.store_size
+            .with_label_values(&["accounts_over_monthly_limit"])
+            .set(over);
+        m.store_size
+            .with_label_values(&["rate_limited_accounts"])
+            .set(limited);
+    }
+
+    fn notification(&self, table: &str) {
+        self.0.notifications.with_label_values(&[table]).inc();
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    store: Arc<store::Store>,
+    image_tag: String,
+}
+
+async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn healthz(State(s): State<Http>) -> impl IntoResponse {
+    let body = serde_json::json!({"status": "healthy", "service": "edgeguard-authz", "version": s.image_tag});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+}
+
+async fn readyz(State(s): State<Http>) -> impl IntoResponse {
+    let snap = s.store.snapshot();
+    let staleness = s.store.staleness().map(|d| d.as_secs_f64());
+    let body = serde_json::json!({
+        "ready": snap.loaded(),
+        "version": snap.version(),
+        "staleness_seconds": staleness,
+    });
+    let code = if snap.loaded() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SinceQuery {
+    since: Option<u64>,
+}
+
+/// The versioned store endpoint the portal-auth filter syncs from: the changes since
+/// `?since=<version>` (a full copy when the change log cannot answer), `304` when nothing
+/// changed, `503` before the first load. Carries key digests, never keys.
+async fn store_snapshot(
+    State(s): State<Http>,
+    Query(q): Query<SinceQuery>,
+) -> axum::response::Response {
+    let snap = s.store.snapshot();
+    if !snap.is_loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "portal app store is not loaded yet\n",
+        )
+            .into_response();
+    }
+    let since = q.since.unwrap_or(0);
+    let update = crate::sync::update_since(&s.store, &snap, since);
+    match update {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(u) => (
+            [(
+                header::CONTENT_TYPE,
+                edgeguard_verdict::portal_wire::CONTENT_TYPE,
+            )],
+            u.encode(),
+        )
+            .into_response(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    info!("shutting down");
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AuthzError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AuthzError::Listen { addr, source })
+}
+
+/// Runs `edgeguard authz` until SIGINT/SIGTERM.
+pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
+    init_logging(&args);
+    let source = match (&args.postgres_connection_string, &args.portal_apps_file) {
+        (Some(url), _) => store::Source::Postgres { url: url.clone() },
+        (None, Some(path)) => store::Source::Yaml { path: path.clone() },
+        (None, None) => {
+            return Err(AuthzError::Config(
+                "set POSTGRES_CONNECTION_STRING (Postgres with the Grove schema) or PORTAL_APPS_FILE (DB-less YAML)".into(),
+            ))
+        }
+    };
+    let grpc_addr = SocketAddr::new(args.listen_address, args.port);
+    let http_addr = SocketAddr::new(args.listen_address, args.metrics_port);
+    let grpc_listener = bind(grpc_addr).await?;
+    let http_listener = bind(http_addr).await?;
+
+    let metrics = Arc::new(Metrics::new()?);
+    let store = store::start(
+        store::StoreConfig {
+            source,
+            app_refresh: args.portal_app_store_refresh_interval,
+            usage_refresh: args.rate_limit_store_refresh_interval,
+            snapshot_file: args.snapshot_file.clone(),
+        },
+        Arc::new(Observer(metrics.clone())),
+    )
+    .await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    {
+        // health follows the store; gauges that depend on time are refreshed here too
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let mut changes = store.subscribe();
+        tokio::spawn(async move {
+            let mut serving = false;
+            loop {
+                let snap = store.snapshot();
+                let loaded = snap.loaded();
+                if loaded != serving {
+                    serving = loaded;
+                    let status = if loaded {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    health.set_service_status("", status).await;
+                    if loaded {
+                        health
+                            .set_serving::<AuthorizationServer<AuthzService>>()
+                            .await;
+                        info!(version = snap.version(), "portal app store loaded; serving");
+                    } else {
+                        health
+                            .set_not_serving::<AuthorizationServer<AuthzService>>()
+                            .await;
+                    }
+                }
+                metrics.store_loaded.set(i64::from(loaded));
+                metrics.store_version.set(snap.version() as i64);
+                if let Some(s) = store.staleness() {
+                    metrics
+                        .staleness
+                        .with_label_values(&["portal_app_store"])
+                        .set(s.as_secs_f64());
+                }
+                if let Some(s) = store.usage_staleness() {
+                    metrics
+                        .staleness
+                        .with_label_values(&["rate_limit_store"])
+                        .set(s.as_secs_f64());
+                }
+                // wake up at once when the store publishes, else four times a second
+                let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
+            }
+        });
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(EXT_AUTHZ_DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(EXT_AUTHZ_DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let http_state = Http {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        image_tag: args.image_tag.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz).post(healthz).head(healthz))
+        .route("/readyz", get(readyz))
+        .route(edgeguard_verdict::portal_wire::PATH, get(store_snapshot))
+        .with_state(http_state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+
+    let service = AuthzService {
+        store: Arc::new(StoreAdapter(store.clone())),
+        metrics,
+        options: CheckOptions {
+            rate_limit_headers: args.rate_limit_headers,
+        },
+    };
+    info!(grpc = %grpc_addr, http = %http_addr, version = %args.image_tag, "edgeguard authz listening");
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let result = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthorizationServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await;
+    store.shutdown();
+    if let Err(e) = &result {
+        warn!(error = %e, "gRPC server error");
+    }
+    result.map_err(AuthzError::from)
+}

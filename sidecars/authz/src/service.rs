@@ -1,0 +1,233 @@
+//! `envoy.service.auth.v3.Authorization/Check`: the PEAS-compatible verdict from
+//! `edgeguard_verdict::portal`, turned into a `CheckResponse` exactly as PEAS shapes it (plus a
+//! content type on denials and the removal of client-sent `Portal-*`/`Rl-*` headers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers};
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::StoreHandle;
+
+/// Request headers of a CheckRequest, looked up case-insensitively. Envoy sends lower-case
+/// names in `headers` (or `header_map` with `encode_raw_headers`); hand-written requests
+/// (grpcurl) may use any case.
+pub struct CheckHeaders<'a> {
+    map: &'a HashMap<String, String>,
+    raw: Vec<(&'a str, String)>,
+}
+
+impl<'a> CheckHeaders<'a> {
+    pub fn new(http: &'a HttpRequest) -> CheckHeaders<'a> {
+        let raw = http
+            .header_map
+            .as_ref()
+            .map(|m| {
+                m.headers
+                    .iter()
+                    .map(|h| {
+                        let v = if h.raw_value.is_empty() {
+                            h.value.clone()
+                        } else {
+                            String::from_utf8_lossy(&h.raw_value).into_owned()
+                        };
+                        (h.key.as_str(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        CheckHeaders {
+            map: &http.headers,
+            raw,
+        }
+    }
+
+    /// Every header name the client sent.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map
+            .keys()
+            .map(String::as_str)
+            .chain(self.raw.iter().map(|(k, _)| *k))
+    }
+}
+
+impl Headers for CheckHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        if let Some(v) = self.map.get(name) {
+            return Some(v);
+        }
+        if let Some((_, v)) = self.raw.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            return Some(v);
+        }
+        self.map
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The OK response: PEAS's two headers (plus the optional `Rl-*` one), overwriting client
+/// copies, and removal of every other client-sent `Portal-*`/`Rl-*` header.
+pub fn ok_response(stamped: &[(String, String)], client_names: Vec<&str>) -> CheckResponse {
+    let mut headers_to_remove: Vec<String> = client_names
+        .into_iter()
+        .filter(|n| portal::is_owned_header(n))
+        .filter(|n| !stamped.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)))
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    headers_to_remove.sort();
+    headers_to_remove.dedup();
+    CheckResponse {
+        status: Some(RpcStatus {
+            code: portal::GRPC_OK,
+            message: "ok".to_string(),
+            details: vec![],
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: stamped.iter().map(|(k, v)| header(k, v)).collect(),
+            headers_to_remove,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The denied response: PEAS's status, code and message, the body as valid JSON.
+pub fn denied_response(d: &Denial) -> CheckResponse {
+    CheckResponse {
+        status: Some(RpcStatus {
+            code: d.grpc_code(),
+            message: d.message().to_string(),
+            details: vec![],
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(d.http_status()),
+            }),
+            headers: vec![header("content-type", "application/json")],
+            body: d.body(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// The Authorization service.
+pub struct AuthzService {
+    pub store: Arc<dyn StoreHandle>,
+    pub metrics: Arc<Metrics>,
+    pub options: CheckOptions,
+}
+
+impl AuthzService {
+    /// Decides one CheckRequest and records PEAS's metrics.
+    pub fn decide(&self, req: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let http = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let headers = http.map(CheckHeaders::new);
+        let input = match (http, headers.as_ref()) {
+            (Some(h), Some(hd)) => Some((h.path.as_str(), hd as &dyn Headers)),
+            _ => None,
+        };
+        let view = self.store.view();
+        let view: &dyn portal::PortalView = &*view;
+        let (response, app_id, account_id, status, error_type, rl) =
+            match portal::check(input, view, self.options) {
+                Ok(allowed) => {
+                    let names = headers
+                        .as_ref()
+                        .map(|h| h.names().collect())
+                        .unwrap_or_default();
+                    let plan = if allowed.rate_limit_decision == "no_limit_configured" {
+                        String::new()
+                    } else {
+                        allowed.app.plan.to_string()
+                    };
+                    let rl = Some((
+                        allowed.app.account_id.to_string(),
+                        plan,
+                        allowed.rate_limit_decision,
+                    ));
+                    (
+                        ok_response(&allowed.headers, names),
+                        allowed.app_id.clone(),
+                        allowed.app.account_id.to_string(),
+                        "authorized",
+                        "",
+                        rl,
+                    )
+                }
+                Err(d) => {
+                    let rl = match &d {
+                        Denial::RateLimited { account_id, .. } => {
+                            let plan = view
+                                .app(d.app_id())
+                                .map(|a| a.plan.to_string())
+                                .unwrap_or_default();
+                            Some((account_id.clone(), plan, "rate_limited"))
+                        }
+                        _ => None,
+                    };
+                    (
+                        denied_response(&d),
+                        d.app_id().to_string(),
+                        d.account_id().to_string(),
+                        "denied",
+                        d.error_type(),
+                        rl,
+                    )
+                }
+            };
+        let m = &self.metrics;
+        m.auth_requests
+            .with_label_values(&[app_id.as_str(), account_id.as_str(), status, error_type])
+            .inc();
+        m.auth_duration
+            .with_label_values(&[app_id.as_str(), status])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some((account, plan, decision)) = rl {
+            m.rate_limit_checks
+                .with_label_values(&[account.as_str(), plan.as_str(), decision])
+                .inc();
+        }
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.decide(request.get_ref())))
+    }
+}

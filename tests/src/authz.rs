@@ -1,0 +1,176 @@
+//! `edgeguard authz` as a real process on free ports, and the real grpcurl against it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::http;
+use crate::process::{free_port, wait_for_port, Proc};
+
+/// A running `edgeguard authz`.
+pub struct Authz {
+    pub port: u16,
+    pub metrics_port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Authz {
+    /// Starts it with `env` on top of free ports, loopback, text logs at debug level.
+    pub fn start(env: &[(&str, &str)]) -> Authz {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut cmd = Command::new(crate::tools::edgeguard());
+        cmd.arg("authz")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("METRICS_PORT", metrics_port.to_string())
+            .env("LISTEN_ADDRESS", "127.0.0.1")
+            .env("LOG_FORMAT", "text")
+            .env("LOGGER_LEVEL", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn("edgeguard authz", cmd, &dir.path().join("authz.log"));
+        let mut a = Authz {
+            port,
+            metrics_port,
+            proc,
+            _dir: dir,
+        };
+        let ok = wait_for_port(port, Duration::from_secs(20))
+            && wait_for_port(metrics_port, Duration::from_secs(5));
+        assert!(
+            ok && a.proc.running(),
+            "edgeguard authz did not start:\n{}",
+            a.log()
+        );
+        a
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// GET on the HTTP port.
+    pub fn http(&self, path: &str) -> http::Resp {
+        http::get(self.metrics_port, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http("/metrics").body
+    }
+
+    /// Waits for /readyz to answer 200.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http::get(self.metrics_port, "/readyz", &[])
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Runs grpcurl with `args` then the address and `rpc`; returns (exit code, stdout, stderr).
+    pub fn grpcurl(&self, args: &[&str], rpc: &str) -> (i32, String, String) {
+        let out = Command::new(crate::tools::grpcurl())
+            .arg("-plaintext")
+            .args(args)
+            .arg(self.addr())
+            .arg(rpc)
+            .output()
+            .expect("run grpcurl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// PEAS's documented grpcurl Check (method GET, path /v1/<app>, the key raw in
+    /// `authorization`), with optional extra headers; returns grpcurl's JSON.
+    pub fn check_request(&self, request: &Value) -> Value {
+        let (code, out, err) = self.grpcurl(
+            &["-d", &request.to_string()],
+            "envoy.service.auth.v3.Authorization/Check",
+        );
+        assert_eq!(code, 0, "grpcurl failed: {err}\n{out}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("grpcurl output is not JSON ({e}): {out}"))
+    }
+
+    pub fn check(&self, path: &str, headers: &[(&str, &str)]) -> Value {
+        let h: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        self.check_request(&json!({"attributes": {"request": {"http": {"method": "GET", "path": path, "headers": h}}}}))
+    }
+
+    /// `grpc.health.v1.Health/Check` status string for `service` ("" = overall).
+    pub fn health(&self, service: &str) -> String {
+        let (_, out, err) = self.grpcurl(
+            &["-d", &json!({"service": service}).to_string()],
+            "grpc.health.v1.Health/Check",
+        );
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v["status"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("error: {err}{out}"))
+    }
+}
+
+/// The HTTP status code a Check verdict carries: 200 for OK, else the denied status.
+pub fn verdict_status(v: &Value) -> u16 {
+    if v.get("okResponse").is_some() {
+        return 200;
+    }
+    let name = v["deniedResponse"]["status"]["code"]
+        .as_str()
+        .unwrap_or_default();
+    match name {
+        "BadRequest" => 400,
+        "Unauthorized" => 401,
+        "NotFound" => 404,
+        "TooManyRequests" => 429,
+        "ServiceUnavailable" => 503,
+        other => panic!("unexpected denied status {other:?} in {v}"),
+    }
+}
+
+/// The denied body of a Check verdict, parsed.
+pub fn verdict_body(v: &Value) -> Value {
+    serde_json::from_str(v["deniedResponse"]["body"].as_str().unwrap_or("null"))
+        .unwrap_or(Value::Null)
+}
+
+/// The headers an OK verdict sets: (key, value) pairs.
+pub fn verdict_headers(v: &Value) -> Vec<(String, String)> {
+    v["okResponse"]["headers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| {
+                    (
+                        h["header"]["key"].as_str().unwrap_or_default().to_string(),
+                        h["header"]["value"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
