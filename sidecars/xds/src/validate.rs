@@ -1,0 +1,805 @@
+//! Validation: the YAML sections of one snapshot become a [`Plan`] (names resolved, addresses
+//! and durations parsed, filter configurations checked with the filters' own parsers), or a
+//! list of [`Issue`]s, each naming the field it is about (`routes[2].upstream: no upstream
+//! named 'api'`). Pure: no file system, no network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::{FilterKind, FilterSpec, Sections};
+
+/// One problem in the file.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Issue {
+    /// Where, e.g. `routes[2].upstream` (empty for the file as a whole).
+    pub path: String,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Issue {
+        Issue {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// `host:port` of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+    /// True when `host` is an IP address (EDS can carry it); false for a DNS name.
+    pub is_ip: bool,
+}
+
+/// A listener ready to be turned into an Envoy `Listener`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanListener {
+    pub name: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// ECDS resource names of its HTTP filters, in order.
+    pub filters: Vec<String>,
+    /// The RDS route configuration it uses.
+    pub route_config: String,
+    pub domains: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    Upstream {
+        cluster: String,
+        timeout: Option<Duration>,
+    },
+    Direct {
+        status: u32,
+        body: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanRoute {
+    pub matcher: PathMatch,
+    pub action: RouteAction,
+}
+
+/// One RDS route configuration (one per listener).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanRouteConfig {
+    pub name: String,
+    pub listener: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<PlanRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanCluster {
+    pub name: String,
+    pub endpoints: Vec<HostPort>,
+    pub connect_timeout: Duration,
+    pub http2: bool,
+}
+
+impl PlanCluster {
+    /// IP endpoints only: served over EDS. Otherwise STRICT_DNS with inline endpoints.
+    pub fn uses_eds(&self) -> bool {
+        self.endpoints.iter().all(|e| e.is_ip)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanFilterKind {
+    Wasm {
+        module: PathBuf,
+        /// The JSON text `on_configure` receives.
+        configuration: String,
+        env: Vec<String>,
+        fail_open: bool,
+    },
+    ExtAuthz {
+        cluster: String,
+        timeout: Duration,
+        failure_mode_allow: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanFilter {
+    pub name: String,
+    pub kind: PlanFilterKind,
+}
+
+/// A validated snapshot description.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub listeners: Vec<PlanListener>,
+    pub route_configs: Vec<PlanRouteConfig>,
+    pub clusters: Vec<PlanCluster>,
+    pub filters: Vec<PlanFilter>,
+    /// Not errors, but worth a log line (e.g. a module file missing on this host).
+    pub warnings: Vec<String>,
+}
+
+/// The cluster `type: authz` filters call.
+pub const AUTHZ_CLUSTER: &str = "edgeguard-authz";
+/// The default per-check timeout of the authz service.
+pub const DEFAULT_AUTHZ_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What validation needs from outside: where modules live, and the environment.
+pub struct Context<'a> {
+    /// Absolute directory relative `module` paths are resolved against.
+    pub wasm_dir: &'a Path,
+    /// Reads environment variables (filter configurations may name `*_env` variables).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Does this file exist on this host? (only used for warnings)
+    pub exists: &'a dyn Fn(&Path) -> bool,
+}
+
+/// The route configuration name of a listener.
+pub fn route_config_name(listener: &str) -> String {
+    format!("{listener}-routes")
+}
+
+fn duration(path: &str, s: &str, issues: &mut Vec<Issue>) -> Option<Duration> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            issues.push(Issue::new(path, format!("'{s}' is not a duration ({e})")));
+            None
+        }
+    }
+}
+
+fn host_port(path: &str, s: &str, issues: &mut Vec<Issue>) -> Option<HostPort> {
+    let bad = |issues: &mut Vec<Issue>| {
+        issues.push(Issue::new(path, format!("'{s}' is not host:port")));
+        None
+    };
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        if sa.port() == 0 {
+            return bad(issues);
+        }
+        return Some(HostPort {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            is_ip: true,
+        });
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return bad(issues);
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Some(HostPort {
+            host: host.to_string(),
+            port: p,
+            is_ip: false,
+        }),
+        _ => bad(issues),
+    }
+}
+
+fn unique_names<'a>(
+    section: &str,
+    what: &str,
+    names: impl Iterator<Item = &'a str>,
+    issues: &mut Vec<Issue>,
+) -> BTreeSet<&'a str> {
+    let mut seen = BTreeSet::new();
+    for (i, n) in names.enumerate() {
+        let path = format!("{section}[{i}].name");
+        if n.trim().is_empty() {
+            issues.push(Issue::new(path, format!("{what} name is empty")));
+        } else if !seen.insert(n) {
+            issues.push(Issue::new(path, format!("duplicate {what} name '{n}'")));
+        }
+    }
+    seen
+}
+
+fn check_filter(
+    path: &str,
+    f: &FilterSpec,
+    authz: Option<&(String, Duration, bool)>,
+    ctx: &Context<'_>,
+    issues: &mut Vec<Issue>,
+    warnings: &mut Vec<String>,
+) -> Option<PlanFilterKind> {
+    let module = |default: &str| -> PathBuf {
+        let m = f.module.clone().unwrap_or_else(|| default.to_string());
+        let p = Path::new(&m);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            ctx.wasm_dir.join(p)
+        }
+    };
+    let configuration = match &f.config {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v) => Some(v.to_string()),
+    };
+    let wasm = |module: PathBuf, configuration: String, warnings: &mut Vec<String>| {
+        if !(ctx.exists)(&module) {
+            warnings.push(format!(
+                "{path}: module {} does not exist on this host (Envoy will refuse the filter if it does not exist there either)",
+                module.display()
+            ));
+        }
+        PlanFilterKind::Wasm {
+            module,
+            configuration,
+            env: f.env.clone(),
+            fail_open: f.fail_open,
+        }
+    };
+    for (i, e) in f.env.iter().enumerate() {
+        if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            issues.push(Issue::new(
+                format!("{path}.env[{i}]"),
+                format!("'{e}' is not an environment variable name"),
+            ));
+        }
+    }
+    match f.kind {
+        FilterKind::JwtShape => {
+            let Some(json) = configuration else {
+                issues.push(Issue::new(
+                    path,
+                    "a jwt-shape filter needs 'config' or 'config_file'",
+                ));
+                return None;
+            };
+            // Variables the VM gets from Envoy's host may be absent where the control plane
+            // runs: stand in a placeholder that every secret encoding accepts.
+            let env = VmEnv {
+                keys: &f.env,
+                env: ctx.env,
+            };
+            if let Err(e) = jwt_shape::config::Config::parse(json.as_bytes(), &env) {
+                issues.push(Issue::new(
+                    format!("{path}.config"),
+                    format!("jwt-shape refuses it: {e}"),
+                ));
+                return None;
+            }
+            Some(wasm(module("jwt_shape.wasm"), json, warnings))
+        }
+        FilterKind::Floor => {
+            if configuration.is_some() {
+                issues.push(Issue::new(
+                    format!("{path}.config"),
+                    "the floor filter takes no configuration",
+                ));
+            }
+            Some(wasm(module("floor.wasm"), String::new(), warnings))
+        }
+        FilterKind::Wasm => {
+            if f.module.is_none() {
+                issues.push(Issue::new(
+                    format!("{path}.module"),
+                    "a wasm filter needs 'module'",
+                ));
+                return None;
+            }
+            Some(wasm(
+                module(""),
+                configuration.unwrap_or_default(),
+                warnings,
+            ))
+        }
+        FilterKind::Authz => {
+            if configuration.is_some() || f.module.is_some() {
+                issues.push(Issue::new(
+                    path,
+                    "an authz filter takes no 'config' or 'module' (it uses the top-level 'authz' service)",
+                ));
+            }
+            let Some((cluster, timeout, failure_mode_allow)) = authz else {
+                issues.push(Issue::new(
+                    format!("{path}.type"),
+                    "'authz' needs the top-level 'authz' service (address of edgeguard authz)",
+                ));
+                return None;
+            };
+            Some(PlanFilterKind::ExtAuthz {
+                cluster: cluster.clone(),
+                timeout: *timeout,
+                failure_mode_allow: *failure_mode_allow,
+            })
+        }
+    }
+}
+
+/// The environment a filter's VM sees: the host's variables listed in `env` (a placeholder
+/// when the control plane's own environment lacks them), nothing else.
+struct VmEnv<'a> {
+    keys: &'a [String],
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl jwt_shape::config::Env for VmEnv<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        if !self.keys.iter().any(|k| k == name) {
+            return None;
+        }
+        Some((self.env)(name).unwrap_or_else(|| "x".repeat(64)))
+    }
+}
+
+/// Validates one snapshot's sections. `prefix(section)` is prepended to the paths of issues
+/// in that section (`nodes[1].` for a replaced section of a node entry).
+pub fn check(
+    s: &Sections,
+    prefix: &dyn Fn(&str) -> String,
+    ctx: &Context<'_>,
+) -> Result<Plan, Vec<Issue>> {
+    let mut issues = Vec::new();
+    let mut plan = Plan::default();
+    let p_up = prefix("upstreams") + "upstreams";
+    let p_fi = prefix("filters") + "filters";
+    let p_li = prefix("listeners") + "listeners";
+    let p_ro = prefix("routes") + "routes";
+    let p_az = prefix("authz") + "authz";
+
+    // upstreams
+    let upstream_names = unique_names(
+        &p_up,
+        "upstream",
+        s.upstreams.iter().map(|u| u.name.as_str()),
+        &mut issues,
+    );
+    for (i, u) in s.upstreams.iter().enumerate() {
+        let path = format!("{p_up}[{i}]");
+        if u.name == AUTHZ_CLUSTER {
+            issues.push(Issue::new(
+                format!("{path}.name"),
+                format!("'{AUTHZ_CLUSTER}' is reserved for the authz service"),
+            ));
+        }
+        if u.endpoints.is_empty() {
+            issues.push(Issue::new(
+                format!("{path}.endpoints"),
+                "needs at least one endpoint",
+            ));
+        }
+        let endpoints: Vec<HostPort> = u
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(j, e)| host_port(&format!("{path}.endpoints[{j}]"), e, &mut issues))
+            .collect();
+        let connect_timeout = match &u.connect_timeout {
+            Some(t) => duration(&format!("{path}.connect_timeout"), t, &mut issues)
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        plan.clusters.push(PlanCluster {
+            name: u.name.clone(),
+            endpoints,
+            connect_timeout,
+            http2: u.http2,
+        });
+    }
+
+    // authz service
+    let authz = s.authz.as_ref().and_then(|a| {
+        let hp = host_port(&format!("{p_az}.address"), &a.address, &mut issues)?;
+        let timeout = match &a.timeout {
+            Some(t) => duration(&format!("{p_az}.timeout"), t, &mut issues)?,
+            None => DEFAULT_AUTHZ_TIMEOUT,
+        };
+        plan.clusters.push(PlanCluster {
+            name: AUTHZ_CLUSTER.to_string(),
+            endpoints: vec![hp],
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            http2: true,
+        });
+        Some((AUTHZ_CLUSTER.to_string(), timeout, a.failure_mode_allow))
+    });
+
+    // filters
+    let filter_names = unique_names(
+        &p_fi,
+        "filter",
+        s.filters.iter().map(|f| f.name.as_str()),
+        &mut issues,
+    );
+    for (i, f) in s.filters.iter().enumerate() {
+        let path = format!("{p_fi}[{i}]");
+        if let Some(kind) = check_filter(
+            &path,
+            f,
+            authz.as_ref(),
+            ctx,
+            &mut issues,
+            &mut plan.warnings,
+        ) {
+            plan.filters.push(PlanFilter {
+                name: f.name.clone(),
+                kind,
+            });
+        }
+    }
+
+    // listeners
+    let listener_names = unique_names(
+        &p_li,
+        "listener",
+        s.listeners.iter().map(|l| l.name.as_str()),
+        &mut issues,
+    );
+    let mut addresses: BTreeMap<(IpAddr, u16), usize> = BTreeMap::new();
+    for (i, l) in s.listeners.iter().enumerate() {
+        let path = format!("{p_li}[{i}]");
+        let addr = match l.address.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                issues.push(Issue::new(
+                    format!("{path}.address"),
+                    format!("'{}' is not ip:port", l.address),
+                ));
+                None
+            }
+        };
+        if let Some(a) = addr {
+            if let Some(other) = addresses.insert((a.ip(), a.port()), i) {
+                issues.push(Issue::new(
+                    format!("{path}.address"),
+                    format!("{a} is already used by {p_li}[{other}]"),
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (j, f) in l.filters.iter().enumerate() {
+            if !filter_names.contains(f.as_str()) {
+                issues.push(Issue::new(
+                    format!("{path}.filters[{j}]"),
+                    format!("no filter named '{f}'"),
+                ));
+            } else if !seen.insert(f.as_str()) {
+                issues.push(Issue::new(
+                    format!("{path}.filters[{j}]"),
+                    format!("filter '{f}' is listed twice"),
+                ));
+            }
+        }
+        let domains = if l.domains.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            l.domains.clone()
+        };
+        if let Some(a) = addr {
+            plan.listeners.push(PlanListener {
+                name: l.name.clone(),
+                ip: a.ip(),
+                port: a.port(),
+                filters: l.filters.clone(),
+                route_config: route_config_name(&l.name),
+                domains: domains.clone(),
+            });
+        }
+        plan.route_configs.push(PlanRouteConfig {
+            name: route_config_name(&l.name),
+            listener: l.name.clone(),
+            domains,
+            routes: Vec::new(),
+        });
+    }
+
+    // routes
+    for (i, r) in s.routes.iter().enumerate() {
+        let path = format!("{p_ro}[{i}]");
+        let listener = match (&r.listener, s.listeners.len()) {
+            (Some(l), _) if listener_names.contains(l.as_str()) => Some(l.clone()),
+            (Some(l), _) => {
+                issues.push(Issue::new(
+                    format!("{path}.listener"),
+                    format!("no listener named '{l}'"),
+                ));
+                None
+            }
+            (None, 1) => s.listeners.first().map(|l| l.name.clone()),
+            (None, 0) => {
+                issues.push(Issue::new(
+                    path.clone(),
+                    "there is no listener to add it to",
+                ));
+                None
+            }
+            (None, _) => {
+                issues.push(Issue::new(
+                    format!("{path}.listener"),
+                    "required when there is more than one listener",
+                ));
+                None
+            }
+        };
+        let matcher = match (&r.matcher.path, &r.matcher.prefix) {
+            (Some(p), None) => Some(PathMatch::Exact(p.clone())),
+            (None, Some(p)) => Some(PathMatch::Prefix(p.clone())),
+            _ => {
+                issues.push(Issue::new(
+                    format!("{path}.match"),
+                    "needs exactly one of 'path' or 'prefix'",
+                ));
+                None
+            }
+        };
+        if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &matcher {
+            if !p.starts_with('/') {
+                issues.push(Issue::new(
+                    format!("{path}.match"),
+                    format!("'{p}' must start with '/'"),
+                ));
+            }
+        }
+        let action = match (&r.upstream, &r.direct_response) {
+            (Some(u), None) => {
+                if !upstream_names.contains(u.as_str()) {
+                    issues.push(Issue::new(
+                        format!("{path}.upstream"),
+                        format!("no upstream named '{u}'"),
+                    ));
+                }
+                let timeout = r
+                    .timeout
+                    .as_ref()
+                    .and_then(|t| duration(&format!("{path}.timeout"), t, &mut issues));
+                Some(RouteAction::Upstream {
+                    cluster: u.clone(),
+                    timeout,
+                })
+            }
+            (None, Some(d)) => {
+                if !(200..=599).contains(&d.status) {
+                    issues.push(Issue::new(
+                        format!("{path}.direct_response.status"),
+                        format!("{} is not an HTTP status (200-599)", d.status),
+                    ));
+                }
+                if r.timeout.is_some() {
+                    issues.push(Issue::new(
+                        format!("{path}.timeout"),
+                        "only applies to routes with an upstream",
+                    ));
+                }
+                Some(RouteAction::Direct {
+                    status: d.status,
+                    body: d.body.clone(),
+                })
+            }
+            _ => {
+                issues.push(Issue::new(
+                    path.clone(),
+                    "needs exactly one of 'upstream' or 'direct_response'",
+                ));
+                None
+            }
+        };
+        if let (Some(l), Some(matcher), Some(action)) = (listener, matcher, action) {
+            if let Some(rc) = plan.route_configs.iter_mut().find(|rc| rc.listener == l) {
+                rc.routes.push(PlanRoute { matcher, action });
+            }
+        }
+    }
+
+    if issues.is_empty() {
+        Ok(plan)
+    } else {
+        Err(issues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse;
+
+    const JWT: &str = r#"{"providers":{"demo":{"issuer":"i","hmac":{"secret":"0123456789abcdef0123456789abcdef"}}},"rules":[{"match":{"path":"/v1/shape"},"provider":"demo","bind_shape":true}]}"#;
+
+    fn run(yaml: &str) -> Result<Plan, Vec<String>> {
+        let f = parse(yaml).unwrap();
+        let env = |n: &str| (n == "SET").then(|| "0123456789abcdef0123456789abcdef".to_string());
+        let exists = |_: &Path| true;
+        let ctx = Context {
+            wasm_dir: Path::new("/wasm"),
+            env: &env,
+            exists: &exists,
+        };
+        check(&f.sections(), &|_| String::new(), &ctx)
+            .map_err(|v| v.iter().map(ToString::to_string).collect())
+    }
+
+    fn good() -> String {
+        format!(
+            r#"
+upstreams:
+  - {{ name: electric, endpoints: ["127.0.0.1:18080"] }}
+  - {{ name: dns, endpoints: ["echo.internal:80"], http2: true }}
+filters:
+  - {{ name: jwt-shape, type: jwt-shape, config: {JWT} }}
+listeners:
+  - {{ name: demo, address: "127.0.0.1:10000", filters: [jwt-shape] }}
+routes:
+  - {{ match: {{ path: /v1/shape }}, upstream: electric, timeout: 60s }}
+  - {{ match: {{ prefix: / }}, direct_response: {{ status: 404, body: nope }} }}
+"#
+        )
+    }
+
+    #[test]
+    fn a_good_file_becomes_a_plan() {
+        let plan = run(&good()).unwrap();
+        assert_eq!(plan.listeners.len(), 1);
+        assert_eq!(plan.listeners[0].route_config, "demo-routes");
+        assert_eq!(plan.listeners[0].domains, vec!["*"]);
+        assert_eq!(plan.route_configs[0].routes.len(), 2);
+        assert_eq!(
+            plan.route_configs[0].routes[0].action,
+            RouteAction::Upstream {
+                cluster: "electric".into(),
+                timeout: Some(Duration::from_secs(60))
+            }
+        );
+        assert!(plan.clusters[0].uses_eds());
+        assert!(!plan.clusters[1].uses_eds());
+        match &plan.filters[0].kind {
+            PlanFilterKind::Wasm {
+                module,
+                configuration,
+                ..
+            } => {
+                assert_eq!(module, Path::new("/wasm/jwt_shape.wasm"));
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(configuration).unwrap(),
+                    serde_json::from_str::<serde_json::Value>(JWT).unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_field() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                good().replace("upstream: electric", "upstream: api"),
+                "routes[0].upstream: no upstream named 'api'",
+            ),
+            (
+                good().replace("name: dns", "name: electric"),
+                "upstreams[1].name: duplicate upstream name 'electric'",
+            ),
+            (
+                good().replace("filters: [jwt-shape]", "filters: [jwt-shape, authn]"),
+                "listeners[0].filters[1]: no filter named 'authn'",
+            ),
+            (
+                good().replace("filters: [jwt-shape]", "filters: [jwt-shape, jwt-shape]"),
+                "listeners[0].filters[1]: filter 'jwt-shape' is listed twice",
+            ),
+            (
+                good().replace("0123456789abcdef0123456789abcdef", "short"),
+                "filters[0].config: jwt-shape refuses it: providers.demo.hmac.secret",
+            ),
+            (
+                good().replace("127.0.0.1:10000", "localhost"),
+                "listeners[0].address: 'localhost' is not ip:port",
+            ),
+            (
+                good().replace("127.0.0.1:18080", "127.0.0.1"),
+                "upstreams[0].endpoints[0]: '127.0.0.1' is not host:port",
+            ),
+            (
+                good().replace("60s", "soon"),
+                "routes[0].timeout: 'soon' is not a duration",
+            ),
+            (
+                good().replace("status: 404", "status: 42"),
+                "routes[1].direct_response.status: 42 is not an HTTP status",
+            ),
+            (
+                good().replace("{ prefix: / }", "{ prefix: x }"),
+                "routes[1].match: 'x' must start with '/'",
+            ),
+            (
+                good().replace("{ path: /v1/shape }", "{ path: /a, prefix: /b }"),
+                "routes[0].match: needs exactly one of 'path' or 'prefix'",
+            ),
+            (
+                good().replace(
+                    "upstream: electric, timeout: 60s",
+                    "upstream: electric, direct_response: { status: 200 }",
+                ),
+                "routes[0]: needs exactly one of 'upstream' or 'direct_response'",
+            ),
+            (
+                good().replace("type: jwt-shape, config:", "type: authz, config:"),
+                "filters[0].type: 'authz' needs the top-level 'authz' service",
+            ),
+            (
+                good() + "  - { listener: other, match: { prefix: /x }, upstream: electric }\n",
+                "routes[2].listener: no listener named 'other'",
+            ),
+            (
+                good().replace(
+                    "listeners:\n",
+                    "listeners:\n  - { name: two, address: \"127.0.0.1:10001\" }\n",
+                ),
+                "routes[0].listener: required when there is more than one listener",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let errs = run(&yaml).expect_err(want);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_variables_named_for_the_vm_are_assumed_present() {
+        let cfg = JWT.replace(
+            r#""secret":"0123456789abcdef0123456789abcdef""#,
+            r#""secret_env":"HS_SECRET""#,
+        );
+        let base = good().replace(JWT, &cfg);
+        // not passed into the VM: refused, as Envoy would
+        let errs = run(&base).unwrap_err();
+        assert!(
+            errs[0].contains("HS_SECRET is not set in the wasm VM"),
+            "{errs:?}"
+        );
+        // passed into the VM but unset here: accepted (Envoy's host has it)
+        let with_env = base.replace("type: jwt-shape,", "type: jwt-shape, env: [HS_SECRET],");
+        run(&with_env).unwrap();
+    }
+
+    #[test]
+    fn authz_filters_use_the_authz_service() {
+        let yaml = good().replace(
+            "filters:\n",
+            "authz: { address: \"127.0.0.1:9000\", timeout: 250ms }\nfilters:\n  - { name: authz, type: authz }\n",
+        );
+        let plan = run(&yaml).unwrap();
+        assert!(plan
+            .clusters
+            .iter()
+            .any(|c| c.name == AUTHZ_CLUSTER && c.http2));
+        assert_eq!(
+            plan.filters[0].kind,
+            PlanFilterKind::ExtAuthz {
+                cluster: AUTHZ_CLUSTER.into(),
+                timeout: Duration::from_millis(250),
+                failure_mode_allow: false
+            }
+        );
+    }
+}
