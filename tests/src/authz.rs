@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::http;
+use crate::postgres::Postgres;
 use crate::process::{free_port, wait_for_port, Proc};
 
 /// A running `edgeguard authz`.
@@ -20,7 +21,14 @@ impl Authz {
     /// Starts it with `env` on top of free ports, loopback, text logs at debug level.
     pub fn start(env: &[(&str, &str)]) -> Authz {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, metrics_port) = (free_port(), free_port());
+        // PORT / METRICS_PORT in `env` win (a restart on the same ports)
+        let given = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.parse::<u16>().ok())
+        };
+        let port = given("PORT").unwrap_or_else(free_port);
+        let metrics_port = given("METRICS_PORT").unwrap_or_else(free_port);
         let mut cmd = Command::new(crate::tools::edgeguard());
         cmd.arg("authz")
             .env_clear()
@@ -173,4 +181,36 @@ pub fn verdict_headers(v: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Grove schema, our usage table and (optionally) the NOTIFY triggers, then the test rows:
+/// a public free app, a keyed unlimited app (`sk_live_123`), an over-quota free app, an app
+/// without account, a key-required-but-missing app, a deleted app and an app whose key has a
+/// quote.
+pub fn seed(pg: &Postgres, with_triggers: bool) {
+    for f in ["0001_grove_schema.sql", "0002_account_monthly_usage.sql"] {
+        pg.psql(&crate::tools::repo_file(&format!(
+            "sidecars/portal-store/migrations/{f}"
+        )));
+    }
+    if with_triggers {
+        pg.psql(&crate::tools::repo_file(
+            "sidecars/portal-store/migrations/0003_change_notify.sql",
+        ));
+    }
+    pg.psql(
+        "INSERT INTO accounts (id, plan_type, monthly_user_limit) VALUES
+           ('acc_free', 'PLAN_FREE', NULL), ('acc_unl', 'PLAN_UNLIMITED', 40000000),
+           ('acc_over', 'PLAN_FREE', 0), ('acc_null', NULL, NULL);
+         INSERT INTO portal_applications (id, account_id) VALUES
+           ('app_public', 'acc_free'), ('app_keyed', 'acc_unl'), ('app_over', 'acc_over'),
+           ('app_noacct', NULL), ('app_nokey', 'acc_free'), ('app_deleted', 'acc_free'), ('app_quote', 'acc_null');
+         UPDATE portal_applications SET deleted = true WHERE id = 'app_deleted';
+         INSERT INTO portal_application_settings (application_id, secret_key, secret_key_required) VALUES
+           ('app_keyed', 'sk_live_123', true), ('app_nokey', NULL, true), ('app_public', 'unused', false),
+           ('app_quote', 'k\"ey', true);
+         INSERT INTO account_monthly_usage (account_id, month, relays) VALUES
+           ('acc_over', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1500000),
+           ('acc_free', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1000000);",
+    );
 }

@@ -90,10 +90,38 @@ pub fn request(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // Read until the response is complete, not until the connection closes: Envoy keeps a
+    // connection open for `delayed_close_timeout` (1 s) after a local reply.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("reading response: {e}"))?;
+    let mut buf = [0u8; 16384];
+    while !complete(&raw) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading response: {e}")),
+        }
+    }
     parse(&raw)
+}
+
+/// Whether `raw` holds a whole response (headers plus a Content-Length or chunked body).
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    for line in head.lines() {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    // no length given: only 204/304 are complete without a body; otherwise read to close
+    head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304")
 }
 
 fn parse(raw: &[u8]) -> Result<Resp, String> {

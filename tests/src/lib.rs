@@ -5,10 +5,14 @@
 //! Paths come from the environment the Makefile sets (`EDGEGUARD_ENVOY`, `EDGEGUARD_WASM_DIR`,
 //! `EDGEGUARD_BIN`, `EDGEGUARD_GRPCURL`), with defaults relative to the workspace.
 
+pub mod authz;
 pub mod bench;
+pub mod bench_xds;
 pub mod envoy;
 pub mod http;
 pub mod jwks_server;
 pub mod keys;
+pub mod postgres;
 pub mod process;
 pub mod tools;
+pub mod xds;

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edgeguard_tests::authz::{verdict_body, verdict_headers, verdict_status, Authz};
+use edgeguard_tests::authz::{seed, verdict_body, verdict_headers, verdict_status, Authz};
 use edgeguard_tests::envoy::{grpc_cluster, metric_value, Envoy, EnvoyConfig};
 use edgeguard_tests::postgres::Postgres;
 use edgeguard_tests::process::{free_port, Echo};
@@ -12,35 +12,6 @@ use edgeguard_tests::tools;
 use serde_json::{json, Value};
 
 const RATE_LIMITED: &str = "This account is rate limited. To upgrade your plan or modify your account settings, log in to your account at https://portal.grove.city/";
-
-/// Grove schema, our usage table and NOTIFY triggers, then demo rows.
-fn seed(pg: &Postgres, with_triggers: bool) {
-    for f in ["0001_grove_schema.sql", "0002_account_monthly_usage.sql"] {
-        pg.psql(&tools::repo_file(&format!(
-            "sidecars/portal-store/migrations/{f}"
-        )));
-    }
-    if with_triggers {
-        pg.psql(&tools::repo_file(
-            "sidecars/portal-store/migrations/0003_change_notify.sql",
-        ));
-    }
-    pg.psql(
-        "INSERT INTO accounts (id, plan_type, monthly_user_limit) VALUES
-           ('acc_free', 'PLAN_FREE', NULL), ('acc_unl', 'PLAN_UNLIMITED', 40000000),
-           ('acc_over', 'PLAN_FREE', 0), ('acc_null', NULL, NULL);
-         INSERT INTO portal_applications (id, account_id) VALUES
-           ('app_public', 'acc_free'), ('app_keyed', 'acc_unl'), ('app_over', 'acc_over'),
-           ('app_noacct', NULL), ('app_nokey', 'acc_free'), ('app_deleted', 'acc_free'), ('app_quote', 'acc_null');
-         UPDATE portal_applications SET deleted = true WHERE id = 'app_deleted';
-         INSERT INTO portal_application_settings (application_id, secret_key, secret_key_required) VALUES
-           ('app_keyed', 'sk_live_123', true), ('app_nokey', NULL, true), ('app_public', 'unused', false),
-           ('app_quote', 'k\"ey', true);
-         INSERT INTO account_monthly_usage (account_id, month, relays) VALUES
-           ('acc_over', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1500000),
-           ('acc_free', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1000000);",
-    );
-}
 
 fn start_authz(pg: &Postgres, extra: &[(&str, &str)]) -> Authz {
     let url = pg.peas_url();

@@ -289,7 +289,7 @@ fn jwt_section(report: &mut String) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["jwt"];
+    let all = ["jwt", "xds"];
     let sections: Vec<&str> = if args.is_empty() {
         all.to_vec()
     } else {
@@ -300,6 +300,7 @@ fn main() {
     for s in sections {
         match s {
             "jwt" => jwt_section(&mut report),
+            "xds" => edgeguard_tests::bench_xds::section(&mut report),
             other => {
                 eprintln!("unknown section {other}; sections: {}", all.join(", "));
                 std::process::exit(2);
