@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Brings up the edgeguard demo on this machine and prints requests to try. Ctrl-C stops it.
-# Ports (override with the environment): Envoy 10000, admin 9901, echo upstream 18080.
+#   Envoy          127.0.0.1:10000 (jwt-shape on /v1/shape, portal-auth + local_ratelimit on /v1/<app>)
+#                  127.0.0.1:10002 (/v1/<app> through ext_authz → edgeguard authz)
+#   Envoy admin    127.0.0.1:9901
+#   edgeguard authz 127.0.0.1:10001 (gRPC ext_authz), 127.0.0.1:9090 (/metrics, store endpoint);
+#                  DB-less: apps from envoy/demo/portal-apps.yaml (edit it: hot-reloaded)
+#   edgeguard echo 127.0.0.1:18080 (the upstream: answers with what it received)
+# Every port can be overridden with the environment (EDGEGUARD_DEMO_*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -9,11 +15,16 @@ ENVOY=${EDGEGUARD_ENVOY:-$ROOT/.tools/venv/lib/python3.11/site-packages/envoy/_b
 WASM_DIR=${EDGEGUARD_WASM_DIR:-$ROOT/target/wasm32-wasip1/release}
 BIN=${EDGEGUARD_BIN:-$ROOT/target/release/edgeguard}
 PORT=${EDGEGUARD_DEMO_PORT:-10000}
+EXT_AUTHZ_PORT=${EDGEGUARD_DEMO_EXT_AUTHZ_PORT:-10002}
 ADMIN_PORT=${EDGEGUARD_DEMO_ADMIN_PORT:-9901}
+AUTHZ_PORT=${EDGEGUARD_DEMO_AUTHZ_PORT:-10001}
+AUTHZ_HTTP_PORT=${EDGEGUARD_DEMO_AUTHZ_HTTP_PORT:-9090}
 ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
+FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
+APPS_FILE=${EDGEGUARD_DEMO_APPS_FILE:-$ROOT/envoy/demo/portal-apps.yaml}
 RUN_DIR=${EDGEGUARD_DEMO_DIR:-$ROOT/.run}
 
-for f in "$ENVOY" "$BIN" "$WASM_DIR/jwt_shape.wasm"; do
+for f in "$ENVOY" "$BIN" "$WASM_DIR/jwt_shape.wasm" "$WASM_DIR/portal_auth.wasm" "$APPS_FILE"; do
   [ -e "$f" ] || { echo "missing $f: run 'make run' (it installs and builds everything)"; exit 1; }
 done
 mkdir -p "$RUN_DIR"
@@ -29,39 +40,67 @@ trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM
 
 python3 envoy/render.py envoy/demo/envoy.yaml \
-  PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" WASM_DIR="$WASM_DIR" \
-  JWT_SHAPE_CONFIG=@envoy/demo/jwt-shape.json > "$RUN_DIR/envoy.yaml"
+  PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" \
+  AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
+  FREE_PLAN_BURST="$FREE_PLAN_BURST" \
+  JWT_SHAPE_CONFIG=@envoy/demo/jwt-shape.json PORTAL_AUTH_CONFIG=@envoy/demo/portal-auth.json \
+  > "$RUN_DIR/envoy.yaml"
 
 "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
+pids+=($!)
+PORTAL_APPS_FILE="$APPS_FILE" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
+  RATE_LIMIT_HEADERS=true LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
 pids+=($!)
 "$ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 
+ready() { curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE && curl -fs "http://127.0.0.1:$AUTHZ_HTTP_PORT/readyz" >/dev/null 2>&1; }
 for _ in $(seq 1 150); do
-  if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE; then break; fi
-  if ! kill -0 "${pids[1]}" 2>/dev/null; then echo "Envoy exited; see $RUN_DIR/envoy.log:"; tail -20 "$RUN_DIR/envoy.log"; exit 1; fi
+  ready && break
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "a demo process exited; see $RUN_DIR/*.log:"; tail -5 "$RUN_DIR"/*.log; exit 1; }
+  done
   sleep 0.2
 done
-curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || { echo "Envoy is not ready; see $RUN_DIR/envoy.log"; exit 1; }
+ready || { echo "the demo did not get ready; see $RUN_DIR/*.log"; exit 1; }
+# portal-auth syncs its store copy within its refresh interval (1 s)
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v1/no_such_app")" = 404 ] && break
+  sleep 0.1
+done
 
 TOKEN=$("$BIN" token --table items --sub demo-user --ttl 1h)
 BASE="http://127.0.0.1:$PORT"
+EXT="http://127.0.0.1:$EXT_AUTHZ_PORT"
 cat <<TXT
 
 edgeguard demo is up (logs in $RUN_DIR). Try:
 
-  # 200: the token's shape claim covers table=items (the echo shows what Electric would get:
+  # jwt-shape, 200: the token's shape claim covers table=items (the echo shows what Electric gets:
   #      client secrets stripped, the Electric secret injected, claims stamped)
   curl -s -H "Authorization: Bearer $TOKEN" '$BASE/v1/shape?table=items&offset=-1'
-
-  # 401: no token (or an invalid one)
+  # jwt-shape, 401: no token (or an invalid one)
   curl -si '$BASE/v1/shape?table=items&offset=-1'
-
-  # 403: a valid token, but not for this shape
+  # jwt-shape, 403: a valid token, but not for this shape
   curl -si -H "Authorization: Bearer $TOKEN" '$BASE/v1/shape?table=secrets&offset=-1'
+
+  # portal-auth, 200: a keyed app; Portal-* and Rl-* headers stamped (spoofed ones replaced)
+  curl -s -H 'Authorization: Bearer demo-secret-key-0001' -H 'Portal-Account-ID: spoofed' '$BASE/v1/demo_keyed'
+  # portal-auth, 401 / 404 / 429 (wrong key, unknown app, account over its monthly quota)
+  curl -si -H 'Authorization: wrong' '$BASE/v1/demo_keyed'
+  curl -si '$BASE/v1/no_such_app'
+  curl -si '$BASE/v1/demo_over_quota'
+  # local_ratelimit on the stamped Rl-Plan-Free header: $FREE_PLAN_BURST requests a minute per account, then 429
+  for i in \$(seq 1 $((FREE_PLAN_BURST + 1))); do curl -s -o /dev/null -w '%{http_code} ' '$BASE/v1/demo_public'; done; echo
+
+  # the same verdicts through ext_authz → edgeguard authz (PEAS's deployment)
+  curl -s -H 'Authorization: demo-secret-key-0001' '$EXT/v1/demo_keyed'
+  # PEAS's grpcurl check against edgeguard authz (reflection: no .proto files needed)
+  make grpcurl-check PORTAL_APP_ID=demo_keyed API_KEY=demo-secret-key-0001 AUTHZ_ADDR=127.0.0.1:$AUTHZ_PORT
 
   # mint other tokens:  $BIN token --table todos --where 'owner = \$1' --params 1=alice --columns id,title
   # metrics:            curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep edgeguard
+  #                     curl -s http://127.0.0.1:$AUTHZ_HTTP_PORT/metrics | grep peas_
 
 Ctrl-C stops everything.
 TXT

@@ -1,5 +1,5 @@
-//! `make run`: the demo script brings everything up, and the curl lines it prints give the
-//! 200, 401 and 403 it promises. Run on other ports so it does not collide with a real demo.
+//! `make run`: the demo script brings everything up, and every command it prints gives the
+//! answer its comment promises (jwt-shape, portal-auth, local rate limiting, ext_authz, grpcurl). Run on other ports so it does not collide with a real demo.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,12 +11,17 @@ use edgeguard_tests::tools;
 #[test]
 fn make_run_prints_working_curl_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin, echo) = (free_port(), free_port(), free_port());
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let (port, ext, admin, authz, authz_http, echo) =
+        (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
     let mut child = Command::new(tools::root().join("envoy/demo/run.sh"))
         .env("EDGEGUARD_BIN", tools::edgeguard())
         .env("EDGEGUARD_ENVOY", tools::envoy())
         .env("EDGEGUARD_DEMO_PORT", port.to_string())
+        .env("EDGEGUARD_DEMO_EXT_AUTHZ_PORT", ext.to_string())
         .env("EDGEGUARD_DEMO_ADMIN_PORT", admin.to_string())
+        .env("EDGEGUARD_DEMO_AUTHZ_PORT", authz.to_string())
+        .env("EDGEGUARD_DEMO_AUTHZ_HTTP_PORT", authz_http.to_string())
         .env("EDGEGUARD_DEMO_ECHO_PORT", echo.to_string())
         .env("EDGEGUARD_DEMO_DIR", dir.path())
         .stdout(Stdio::piped())
@@ -25,7 +30,7 @@ fn make_run_prints_working_curl_lines() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut reader = BufReader::new(stdout).lines();
     for line in reader.by_ref() {
         let line = line.unwrap();
@@ -39,39 +44,89 @@ fn make_run_prints_working_curl_lines() {
             lines.join("\n")
         );
     }
-    let curls: Vec<String> = lines
+    let commands: Vec<String> = lines
         .iter()
         .map(|l| l.trim())
-        .filter(|l| l.starts_with("curl ") && l.contains("/v1/shape"))
+        .filter(|l| {
+            l.starts_with("curl ") || l.starts_with("for i") || l.starts_with("make grpcurl-check")
+        })
         .map(str::to_string)
         .collect();
     assert_eq!(
-        curls.len(),
-        3,
-        "expected three curl lines in:\n{}",
+        commands.len(),
+        10,
+        "expected ten commands in:\n{}",
         lines.join("\n")
     );
 
     let run = |cmd: &str| {
+        let cmd = if cmd.starts_with("curl ") {
+            format!("{cmd} -w '\\n%{{http_code}}'")
+        } else {
+            cmd.to_string()
+        };
         let out = Command::new("bash")
-            .args(["-c", &format!("{cmd} -w '\\n%{{http_code}}'")])
+            .current_dir(tools::root())
+            .args(["-c", &cmd])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let ok = run(&curls[0]);
+    // jwt-shape
+    let ok = run(&commands[0]);
     assert!(ok.ends_with("\n200"), "{ok}");
     assert!(ok.contains("secret=demo-electric-secret"), "{ok}");
     assert!(ok.contains("\"x-edgeguard-sub\":[\"demo-user\"]"), "{ok}");
-    let unauth = run(&curls[1]);
+    let unauth = run(&commands[1]);
     assert!(unauth.ends_with("\n401"), "{unauth}");
     assert!(
         unauth.contains("www-authenticate: Bearer realm=\"edgeguard\""),
         "{unauth}"
     );
-    let forbidden = run(&curls[2]);
+    let forbidden = run(&commands[2]);
     assert!(forbidden.ends_with("\n403"), "{forbidden}");
     assert!(forbidden.contains("'table' differs"), "{forbidden}");
+    // portal-auth
+    let keyed = run(&commands[3]);
+    assert!(keyed.ends_with("\n200"), "{keyed}");
+    assert!(
+        keyed.contains("\"portal-account-id\":[\"acct_team\"]"),
+        "spoofed account id replaced: {keyed}"
+    );
+    assert!(
+        keyed.contains("\"rl-plan-free\":[\"acct_team\"]"),
+        "{keyed}"
+    );
+    for (i, status) in [(4, 401), (5, 404), (6, 429)] {
+        let out = run(&commands[i]);
+        assert!(
+            out.ends_with(&format!("\n{status}")),
+            "{}: {out}",
+            commands[i]
+        );
+    }
+    // local_ratelimit on the stamped header: the free plan's burst, then 429
+    let burst = run(&commands[7]);
+    assert_eq!(burst.trim(), "200 200 200 200 200 429", "{}", commands[7]);
+    // ... per account: another account still has its own bucket
+    let other = run(&format!(
+        "curl -s 'http://127.0.0.1:{port}/v1/demo_unlimited'"
+    ));
+    assert!(
+        other.ends_with("\n200") && other.contains("rl-user-limit-40"),
+        "{other}"
+    );
+    // ext_authz and grpcurl against edgeguard authz
+    let ext_ok = run(&commands[8]);
+    assert!(
+        ext_ok.ends_with("\n200") && ext_ok.contains("\"portal-application-id\":[\"demo_keyed\"]"),
+        "{ext_ok}"
+    );
+    let grpc = run(&commands[9]);
+    assert!(
+        grpc.contains("\"message\": \"ok\"") && grpc.contains("demo_keyed"),
+        "{grpc}"
+    );
 
     // stopping the script stops everything it started
     unsafe_kill(child.id(), 15);
@@ -82,14 +137,12 @@ fn make_run_prints_working_curl_lines() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(
-        !wait_for_port(port, Duration::from_millis(300)),
-        "Envoy still listening"
-    );
-    assert!(
-        !wait_for_port(echo, Duration::from_millis(300)),
-        "echo still listening"
-    );
+    for p in [port, ext, authz, authz_http, echo] {
+        assert!(
+            !wait_for_port(p, Duration::from_millis(300)),
+            "port {p} still listening"
+        );
+    }
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {

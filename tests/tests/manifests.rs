@@ -15,14 +15,14 @@
 //! `electric_secret_env` instead of written out), and with the demo's secrets in the
 //! environment each copy admits a token `edgeguard token` would mint and refuses the rest.
 //!
-//! Adding a filter (portal-auth) is one more case: `shipped("portal-auth", "portal_auth")`
-//! returns its copies the same way; start each with [`start_shipped`] (its store cluster comes
-//! from the test) and assert its verdicts, as `shipped_jwt_shape_configs_work_in_envoy` does.
+//! portal-auth's copies are started the same way, each with its store cluster pointing at a
+//! real `edgeguard authz` serving the demo apps (`shipped_portal_auth_configs_work_in_envoy`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use edgeguard_tests::authz::Authz;
 use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig};
 use edgeguard_tests::http::{self, Resp};
 use edgeguard_tests::keys::{now, TestKey};
@@ -544,7 +544,70 @@ fn portal_auth_config(cluster: &str) -> Value {
     })
 }
 
-/// Static check until the portal-auth Envoy test lands: every copy is the same configuration,
+#[test]
+fn shipped_portal_auth_configs_work_in_envoy() {
+    let apps = tools::root().join("envoy/demo/portal-apps.yaml");
+    let authz = Authz::start(&[("PORTAL_APPS_FILE", apps.to_str().unwrap())]);
+    assert!(authz.wait_ready(Duration::from_secs(10)), "{}", authz.log());
+    let echo = Echo::start();
+    let copies = shipped("portal-auth", "portal_auth");
+    assert!(copies.len() >= 3, "{copies:#?}");
+    for s in &copies {
+        // the copy's own store cluster name (Istio's outbound|... included), pointed at authz
+        let store_cluster = s.config["store"]["cluster"].as_str().unwrap().to_string();
+        let envoy = start_shipped(
+            s,
+            echo.port,
+            vec![cluster(&store_cluster, authz.metrics_port)],
+            Vec::new(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while envoy.get("/v1/no_such_app", &[]).status != 404 {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the store copy never loaded",
+                s.source
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let r = envoy.get(
+            "/v1/demo_keyed",
+            &[
+                ("authorization", "demo-secret-key-0001"),
+                ("portal-account-id", "spoofed"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}: {}", s.source, r.body);
+        assert_eq!(
+            r.echoed("portal-account-id").as_deref(),
+            Some("acct_team"),
+            "{}",
+            s.source
+        );
+        assert_eq!(
+            r.echoed("rl-plan-free").as_deref(),
+            Some("acct_team"),
+            "{}",
+            s.source
+        );
+        assert_eq!(
+            envoy
+                .get("/v1/demo_keyed", &[("authorization", "wrong")])
+                .status,
+            401,
+            "{}",
+            s.source
+        );
+        assert_eq!(
+            envoy.get("/v1/demo_over_quota", &[]).status,
+            429,
+            "{}",
+            s.source
+        );
+    }
+}
+
+/// Every copy is the same configuration,
 /// and every store cluster it names is shipped beside it (Istio's own for the WasmPlugin).
 #[test]
 fn shipped_portal_auth_configs_name_clusters_that_exist() {

@@ -369,3 +369,69 @@ fn differential_against_ext_authz() {
     }
     assert!(compared >= 10_000);
 }
+
+/// The global rate-limit example: the bootstrap is valid for this Envoy, and every descriptor
+/// key its routes build has a limit in the envoyproxy/ratelimit config (and vice versa).
+#[test]
+fn global_rate_limit_example_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("envoy.yaml");
+    let out = std::process::Command::new("python3")
+        .current_dir(tools::root())
+        .args(["envoy/render.py", "envoy/ratelimit/envoy.yaml"])
+        .args([
+            "ADMIN_PORT=0",
+            "PORT=0",
+            "RPC_HOST=127.0.0.1",
+            "RPC_PORT=1",
+            "RATELIMIT_HOST=127.0.0.1",
+            "AUTHZ_HOST=127.0.0.1",
+        ])
+        .arg(format!(
+            "WASM_DIR={}",
+            tools::wasm("portal_auth").parent().unwrap().display()
+        ))
+        .arg("PORTAL_AUTH_CONFIG=@envoy/demo/portal-auth.json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let v = std::process::Command::new(tools::envoy())
+        .args(["--mode", "validate", "-c"])
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "envoy --mode validate:\n{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    let bootstrap: serde_json::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    let config: serde_json::Value =
+        serde_yaml_ng::from_str(&tools::repo_file("envoy/ratelimit/config.yaml")).unwrap();
+    assert_eq!(config["domain"], "edgeguard");
+    let mut keys_in_routes: Vec<String> = Vec::new();
+    let routes = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"];
+    for rl in routes.as_array().unwrap() {
+        let a = &rl["actions"][0]["request_headers"];
+        let header = a["header_name"].as_str().unwrap();
+        assert!(header.starts_with("rl-"), "{header}");
+        keys_in_routes.push(a["descriptor_key"].as_str().unwrap().to_string());
+    }
+    let mut keys_in_config: Vec<String> = config["descriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_string())
+        .collect();
+    keys_in_routes.sort();
+    keys_in_config.sort();
+    assert_eq!(keys_in_routes, keys_in_config);
+}
