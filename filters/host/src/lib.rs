@@ -11,6 +11,35 @@ mod proxy_wasm_host;
 #[cfg(target_arch = "wasm32")]
 pub use proxy_wasm_host::{log_line, now, ProxyWasmHost, WasmMetrics};
 
+/// A filter configuration error: the field path and what is wrong with it, printed as
+/// `field: message` (the one log line Envoy shows when a filter refuses its configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Log levels, as Envoy knows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -34,6 +63,12 @@ pub trait Host {
     fn remove_request_header(&self, name: &str);
     /// Answers the request locally; the request does not go upstream.
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str);
+    /// Answers locally with edgeguard's JSON error body.
+    fn send_json_error(&self, status: u32, message: &str) {
+        let body =
+            edgeguard_verdict::reply::json_body(u16::try_from(status).unwrap_or(500), message);
+        self.send_response(status, &[("content-type", "application/json")], &body);
+    }
     /// Writes a log line.
     fn log(&self, level: Level, message: &str);
 }

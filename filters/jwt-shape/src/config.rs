@@ -19,30 +19,10 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 
-/// A configuration error: the field path and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use edgeguard_host::ConfigError;
 
 fn err(field: impl Into<String>, message: impl fmt::Display) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.to_string(),
-    }
+    ConfigError::new(field, message)
 }
 
 #[derive(Deserialize)]

@@ -120,11 +120,7 @@ impl Root {
                 Outcome::Denied => {}
                 Outcome::Wait { .. } => {
                     // not reachable with may_wait = false; never leave a request hanging
-                    ProxyWasmHost.send_response(
-                        503,
-                        &[("content-type", "application/json")],
-                        &edgeguard_verdict::reply::json_body(503, "signing keys are not available"),
-                    );
+                    ProxyWasmHost.send_json_error(503, "signing keys are not available");
                 }
             }
         }
@@ -362,11 +358,7 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
-            ProxyWasmHost.send_response(
-                503,
-                &[("content-type", "application/json")],
-                &edgeguard_verdict::reply::json_body(503, "jwt-shape filter is not configured"),
-            );
+            ProxyWasmHost.send_json_error(503, "jwt-shape filter is not configured");
             return Action::Pause;
         };
         let outcome = {

@@ -4,30 +4,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// A configuration error naming the field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use edgeguard_host::ConfigError;
 
 fn err(field: &str, message: impl fmt::Display) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        message: message.to_string(),
-    }
+    ConfigError::new(field, message)
 }
 
 /// Where the store copy comes from.

@@ -100,11 +100,7 @@ pub fn on_request<H: Host, M: Metrics>(
                 &format!("edgeguard portal-auth: {d} ({})", d.error_type()),
             );
             metrics.increment(&metrics::denied(&d));
-            host.send_response(
-                u32::from(d.http_status()),
-                &[("content-type", "application/json")],
-                &d.body(),
-            );
+            host.send_json_error(u32::from(d.http_status()), d.message());
             Outcome::Denied
         }
     }

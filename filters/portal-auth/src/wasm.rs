@@ -209,11 +209,7 @@ impl Context for Http {}
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
-            ProxyWasmHost.send_response(
-                503,
-                &[("content-type", "application/json")],
-                &edgeguard_verdict::reply::json_body(503, "portal-auth filter is not configured"),
-            );
+            ProxyWasmHost.send_json_error(503, "portal-auth filter is not configured");
             return Action::Pause;
         };
         let copy = shared.copy.borrow();
