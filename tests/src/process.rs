@@ -109,3 +109,16 @@ impl Echo {
         }
     }
 }
+
+/// Polls `f` every 25 ms until it holds; returns how long that took. Panics after `timeout`
+/// naming `what`.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}

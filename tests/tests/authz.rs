@@ -2,12 +2,12 @@
 //! grpcurl exactly as PEAS documents it, and through Envoy's ext_authz filter.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeguard_tests::authz::{seed, verdict_body, verdict_headers, verdict_status, Authz};
 use edgeguard_tests::envoy::{grpc_cluster, metric_value, Envoy, EnvoyConfig};
 use edgeguard_tests::postgres::Postgres;
-use edgeguard_tests::process::{free_port, Echo};
+use edgeguard_tests::process::{eventually, free_port, Echo};
 use edgeguard_tests::tools;
 use serde_json::{json, Value};
 
@@ -26,16 +26,6 @@ fn start_authz(pg: &Postgres, extra: &[(&str, &str)]) -> Authz {
     a
 }
 
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if f() {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
-}
 
 #[test]
 fn every_verdict_over_grpcurl_is_peas_compatible() {

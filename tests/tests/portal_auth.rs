@@ -2,13 +2,13 @@
 //! every verdict path, spoofed headers, propagation, authz down and back, store never loaded,
 //! and a differential test against the ext_authz path (same requests, same answers).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeguard_tests::authz::{seed, Authz};
 use edgeguard_tests::envoy::{cluster, grpc_cluster, wasm_filter, Envoy, EnvoyConfig};
 use edgeguard_tests::http::Resp;
 use edgeguard_tests::postgres::Postgres;
-use edgeguard_tests::process::{free_port, Echo};
+use edgeguard_tests::process::{eventually, free_port, Echo};
 use edgeguard_tests::tools;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -66,16 +66,6 @@ fn start_authz(pg: &Postgres) -> Authz {
     a
 }
 
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if f() {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
-}
 
 fn expect_denied(r: &Resp, status: u16, message: &str) {
     assert_eq!(r.status, status, "{}", r.body);
