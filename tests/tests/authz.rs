@@ -26,7 +26,6 @@ fn start_authz(pg: &Postgres, extra: &[(&str, &str)]) -> Authz {
     a
 }
 
-
 #[test]
 fn every_verdict_over_grpcurl_is_peas_compatible() {
     let pg = Postgres::start();

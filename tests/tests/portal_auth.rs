@@ -66,7 +66,6 @@ fn start_authz(pg: &Postgres) -> Authz {
     a
 }
 
-
 fn expect_denied(r: &Resp, status: u16, message: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.json(), json!({"code": status, "message": message}));

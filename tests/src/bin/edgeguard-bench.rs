@@ -289,7 +289,7 @@ fn jwt_section(report: &mut String) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["jwt", "xds"];
+    let all = ["jwt", "xds", "authz", "portal"];
     let sections: Vec<&str> = if args.is_empty() {
         all.to_vec()
     } else {
@@ -301,6 +301,8 @@ fn main() {
         match s {
             "jwt" => jwt_section(&mut report),
             "xds" => edgeguard_tests::bench_xds::section(&mut report),
+            "authz" => edgeguard_tests::bench_authz::authz_section(&mut report),
+            "portal" => edgeguard_tests::bench_authz::portal_section(&mut report),
             other => {
                 eprintln!("unknown section {other}; sections: {}", all.join(", "));
                 std::process::exit(2);
