@@ -474,19 +474,8 @@ fn ext_authz_filter() -> Value {
     })
 }
 
-/// A built filter. `tools::wasm` answers the folder itself when `EDGEGUARD_WASM_DIR` is set
-/// (as the Makefile does), so the file name is added here when needed.
-fn wasm_file(name: &str) -> std::path::PathBuf {
-    let p = tools::wasm(name);
-    if p.is_dir() {
-        p.join(format!("{name}.wasm"))
-    } else {
-        p
-    }
-}
-
 fn floor_filter() -> Value {
-    wasm_filter("floor", &wasm_file("floor"), "", &[])
+    wasm_filter("floor", &tools::wasm("floor"), "", &[])
 }
 
 fn portal_auth_filter() -> Value {
@@ -496,7 +485,7 @@ fn portal_auth_filter() -> Value {
     });
     wasm_filter(
         "portal_auth",
-        &wasm_file("portal_auth"),
+        &tools::wasm("portal_auth"),
         &config.to_string(),
         &[],
     )

@@ -12,6 +12,10 @@ pub fn root() -> PathBuf {
 
 fn from_env(var: &str, default: PathBuf) -> PathBuf {
     let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    must_exist(p, var)
+}
+
+fn must_exist(p: PathBuf, var: &str) -> PathBuf {
     assert!(
         p.exists(),
         "{} not found at {} (run the tests through `make test`, which installs and builds it, or set {var})",
@@ -29,12 +33,13 @@ pub fn envoy() -> PathBuf {
     )
 }
 
-/// A built filter, e.g. `wasm("jwt_shape")`.
+/// A built filter, e.g. `wasm("jwt_shape")`: `<name>.wasm` in `EDGEGUARD_WASM_DIR` (a folder),
+/// by default `target/wasm32-wasip1/release`.
 pub fn wasm(name: &str) -> PathBuf {
     let dir = std::env::var_os("EDGEGUARD_WASM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/wasm32-wasip1/release"));
-    from_env("EDGEGUARD_WASM_DIR", dir.join(format!("{name}.wasm")))
+    must_exist(dir.join(format!("{name}.wasm")), "EDGEGUARD_WASM_DIR")
 }
 
 /// The `edgeguard` binary.
