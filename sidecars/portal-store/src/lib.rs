@@ -35,7 +35,9 @@
 //! refresh, writers swap whole snapshots with `arc-swap`). `Snapshot` implements
 //! [`PortalView`], the verdict crate's read trait. A snapshot is a base map plus a small
 //! overlay of delta changes, so a NOTIFY on a store of 1M apps costs a copy of the overlay,
-//! not of the store; full reloads fold the overlay away.
+//! not of the store; full reloads fold the overlay away. Refreshes run on the store's own
+//! low-priority thread (`edgeguard-store`), never on the caller's runtime, and replaced
+//! snapshots are freed there too, so a reload does not stall the requests being answered.
 //!
 //! # Versions and changes
 //!
@@ -104,6 +106,7 @@
 //! [`AppAuth::MissingKey`]: edgeguard_verdict::portal::AppAuth::MissingKey
 //! [`PortalView`]: edgeguard_verdict::portal::PortalView
 
+mod background;
 pub mod changes;
 mod config;
 pub mod file;

@@ -77,7 +77,7 @@ pub(crate) fn spawn(
             options: options.clone(),
             tx,
         };
-        tasks.push(tokio::spawn(l.run()));
+        tasks.push(crate::background::handle().spawn(l.run()));
     } else {
         drop(tx);
     }
@@ -98,7 +98,7 @@ pub(crate) fn spawn(
         last_missing_keys: None,
         publisher,
     };
-    tasks.push(tokio::spawn(r.run(rx, listen)));
+    tasks.push(crate::background::handle().spawn(r.run(rx, listen)));
     tasks
 }
 

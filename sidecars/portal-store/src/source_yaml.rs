@@ -32,7 +32,7 @@ pub(crate) fn spawn(
         last_error: None,
         tried_file: false,
     };
-    vec![tokio::spawn(w.run())]
+    vec![crate::background::handle().spawn(w.run())]
 }
 
 struct YamlWatcher {

@@ -162,7 +162,7 @@ impl Publisher {
             if bumped {
                 log.record(version, changes);
             }
-            self.shared.snapshot.store(Arc::new(next));
+            crate::background::retire(self.shared.snapshot.swap(Arc::new(next)));
         }
         if bumped {
             self.shared.version_tx.send_replace(version);
