@@ -146,8 +146,11 @@ fn verdicts_stamping_and_propagation() {
         envoy.get("/v1/app_public", &[]).status == 404
     });
     assert!(envoy.metric("edgeguard_portal_auth_store_fetch_ok") >= 3.0);
-    assert!(envoy.metric("edgeguard_portal_auth_allowed") >= 3.0);
-    assert!(envoy.metric("edgeguard_portal_auth_denied_rate_limited") >= 1.0);
+    // request counters reach Envoy on the filter's next tick (≤ 100 ms)
+    eventually("request counters", Duration::from_secs(2), || {
+        envoy.metric("edgeguard_portal_auth_allowed") >= 3.0
+            && envoy.metric("edgeguard_portal_auth_denied_rate_limited") >= 1.0
+    });
     assert!(envoy.metric("edgeguard_portal_auth_store_apps") >= 5.0);
 }
 
@@ -230,8 +233,10 @@ fn store_never_loaded_fails_closed_or_open() {
         "spoofed headers are removed even when failing open"
     );
     assert_eq!(r.echoed("portal-account-id"), None);
-    assert!(open.metric("edgeguard_portal_auth_failed_open") >= 1.0);
-    assert!(closed.metric("edgeguard_portal_auth_denied_store_not_loaded") >= 1.0);
+    eventually("request counters", Duration::from_secs(2), || {
+        open.metric("edgeguard_portal_auth_failed_open") >= 1.0
+            && closed.metric("edgeguard_portal_auth_denied_store_not_loaded") >= 1.0
+    });
 }
 
 /// The same request to both paths must give the same status, body and stamped headers.

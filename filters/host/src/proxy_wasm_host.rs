@@ -117,10 +117,22 @@ impl WasmMetrics {
     }
 }
 
+impl WasmMetrics {
+    /// Adds `n` to a counter (defined on first use).
+    pub fn add(&self, name: &str, n: u64) {
+        if let Some(id) = self.id(name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Pushes the counts of `buffer` to the host.
+    pub fn flush(&self, buffer: &crate::CounterBuffer) {
+        buffer.drain(|name, n| self.add(name, n));
+    }
+}
+
 impl Metrics for WasmMetrics {
     fn increment(&self, name: &str) {
-        if let Some(id) = self.id(name) {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        self.add(name, 1);
     }
 }

@@ -5,7 +5,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use edgeguard_host::{log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics};
+use edgeguard_host::{
+    log_line, now, CounterBuffer, Host, Level, Metrics, ProxyWasmHost, WasmMetrics,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
@@ -29,6 +31,8 @@ struct Shared {
     config: Config,
     copy: RefCell<Copy>,
     metrics: WasmMetrics,
+    /// The request path's counters, flushed to `metrics` on every tick.
+    request_metrics: CounterBuffer,
 }
 
 struct Root {
@@ -135,6 +139,7 @@ impl RootContext for Root {
             config,
             copy: RefCell::new(Copy::default()),
             metrics: m,
+            request_metrics: CounterBuffer::default(),
         }));
         if hostcalls::set_tick_period(tick).is_err() {
             log_line(
@@ -150,6 +155,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        shared.metrics.flush(&shared.request_metrics);
         let now = now();
         let source = &shared.config.store;
         if !self.sync.due(source, now) {
@@ -213,7 +219,12 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let copy = shared.copy.borrow();
-        match engine::on_request(&shared.config, &copy, &ProxyWasmHost, &shared.metrics) {
+        match engine::on_request(
+            &shared.config,
+            &copy,
+            &ProxyWasmHost,
+            &shared.request_metrics,
+        ) {
             engine::Outcome::Denied => Action::Pause,
             engine::Outcome::Allowed | engine::Outcome::FailedOpen => Action::Continue,
         }
