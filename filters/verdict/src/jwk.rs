@@ -15,6 +15,16 @@ use crate::token::{Algorithm, Jws, KeyFamily, TokenError};
 
 /// HMAC secrets shorter than this are refused (RFC 7518 3.2 asks for at least the hash size).
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// The shortest key RFC 7518 3.2 allows for an HMAC algorithm: the size of its hash (32, 48
+/// and 64 bytes for HS256/384/512). A shorter key does not verify that algorithm at all.
+pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => MIN_HMAC_SECRET_BYTES,
+    }
+}
 /// A JWKS with more keys than this is refused (bounds parsing and per-token work).
 pub const MAX_KEYS: usize = 64;
 
@@ -63,8 +73,14 @@ pub struct Key {
 }
 
 impl Key {
-    fn accepts(&self, alg: Algorithm) -> bool {
-        self.material.family() == alg.family() && self.alg.is_none_or(|a| a == alg)
+    /// Whether this key may verify `alg`: the same family, the JWK's pinned `alg` if any, and
+    /// for HMAC a key at least as long as the hash (so a 32-byte secret verifies HS256 only).
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        let long_enough = match &self.material {
+            KeyMaterial::Hmac(k) => k.len() >= min_hmac_key_bytes(alg),
+            _ => true,
+        };
+        self.material.family() == alg.family() && self.alg.is_none_or(|a| a == alg) && long_enough
     }
 }
 
@@ -192,6 +208,15 @@ fn parse_jwk(raw: &RawJwk) -> Result<Key, String> {
         material,
     };
     if let Some(a) = alg {
+        if let KeyMaterial::Hmac(k) = &key.material {
+            if a.family() == KeyFamily::Hmac && k.len() < min_hmac_key_bytes(a) {
+                return Err(format!(
+                    "HMAC key is {} bytes; {a} needs at least {} (RFC 7518 3.2)",
+                    k.len(),
+                    min_hmac_key_bytes(a)
+                ));
+            }
+        }
         if !key.accepts(a) {
             return Err(format!("alg '{a}' does not fit kty '{kty}'"));
         }

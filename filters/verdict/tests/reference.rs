@@ -965,6 +965,51 @@ fn documented_differences_keys() {
         Err(JwksError::NoUsableKeys(_))
     ));
 
+    // 1b. A secret shorter than the algorithm's hash (RFC 7518 3.2: 48 bytes for HS384, 64 for
+    //     HS512): the key verifies HS256 only; jsonwebtoken accepts any length.
+    let secret32 = [7u8; 32];
+    let secret48 = [7u8; 48];
+    let set32 = KeySet::from_hmac_secret(&secret32).unwrap();
+    let set48 = KeySet::from_hmac_secret(&secret48).unwrap();
+    for (alg, set, ok) in [
+        (Algorithm::HS256, &set32, true),
+        (Algorithm::HS384, &set32, false),
+        (Algorithm::HS512, &set32, false),
+        (Algorithm::HS384, &set48, true),
+        (Algorithm::HS512, &set48, false),
+    ] {
+        let secret: &[u8] = if std::ptr::eq(set, &set32) {
+            &secret32
+        } else {
+            &secret48
+        };
+        let token = jwt::encode(
+            &header(alg, None),
+            &claims,
+            &jwt::EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        assert!(theirs(&jwt::DecodingKey::from_secret(secret), &token).is_ok());
+        match ours(set, &token) {
+            Ok(_) => assert!(ok, "{alg} with {} bytes verified", secret.len()),
+            Err(e) => {
+                assert!(!ok, "{alg} with {} bytes refused: {e}", secret.len());
+                assert_eq!(e, TokenError::NoMatchingKey);
+            }
+        }
+    }
+    // a JWK that pins HS512 on a 32-byte key is skipped with the reason
+    let jwk = json!({"keys": [{"kty": "oct", "alg": "HS512", "k": b64(&secret32)}]});
+    match KeySet::from_jwks(jwk.to_string().as_bytes()) {
+        Err(JwksError::NoUsableKeys(reasons)) => {
+            assert!(
+                reasons[0].contains("HS512 needs at least 64"),
+                "{reasons:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
     // 2. RSA moduli under 2048 bits: the JWK is skipped by us (RFC 7518 3.3), jsonwebtoken
     //    verifies with it.
     {
