@@ -7,9 +7,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 #[cfg(target_arch = "wasm32")]
+pub mod abi;
+#[cfg(target_arch = "wasm32")]
 mod proxy_wasm_host;
 #[cfg(target_arch = "wasm32")]
-pub use proxy_wasm_host::{log_line, now, ProxyWasmHost, WasmMetrics};
+pub use proxy_wasm_host::{call_response_status, log_line, now, ProxyWasmHost, WasmMetrics};
 
 /// A filter configuration error: the field path and what is wrong with it, printed as
 /// `field: message` (the one log line Envoy shows when a filter refuses its configuration).
@@ -40,6 +42,45 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Reads environment variables (inside Envoy: the wasm VM's environment, which holds what
+/// `vm_config.environment_variables` passes in).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment (the VM's, inside Envoy).
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// A secret read from configuration (a token, a key): kept out of `Debug` output and logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
 /// Log levels, as Envoy knows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -52,15 +93,23 @@ pub enum Level {
 }
 
 /// What a filter needs from the proxy while it handles one HTTP request.
+///
+/// Header values are bytes: HTTP allows any visible Latin-1 byte in a value, so nothing here
+/// assumes UTF-8 (a filter decides what a value that is not UTF-8 means). Header names are
+/// ASCII on every codec Envoy runs; a name that is not is handed over lossily.
 pub trait Host {
     /// A request header (pseudo-headers such as `:path` included), first value.
-    fn request_header(&self, name: &str) -> Option<String>;
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Every request header, in order (names lower-case, as Envoy hands them over).
-    fn request_headers(&self) -> Vec<(String, String)>;
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets (replaces) a request header.
     fn set_request_header(&self, name: &str, value: &str);
     /// Removes every value of a request header.
     fn remove_request_header(&self, name: &str);
+    /// A response header, first value (while the response headers are being processed).
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets (replaces) a response header.
+    fn set_response_header(&self, name: &str, value: &[u8]);
     /// Answers the request locally; the request does not go upstream.
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str);
     /// Answers locally with edgeguard's JSON error body.
@@ -71,6 +120,143 @@ pub trait Host {
     }
     /// Writes a log line.
     fn log(&self, level: Level, message: &str);
+}
+
+/// A request header as text: `Ok(None)` when absent, `Err(NotUtf8)` when present but not UTF-8.
+pub fn header_text<H: Host + ?Sized>(host: &H, name: &str) -> Result<Option<String>, NotUtf8> {
+    match host.request_header(name) {
+        None => Ok(None),
+        Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| NotUtf8),
+    }
+}
+
+/// A header value that is not UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotUtf8;
+
+/// Decodes the proxy-wasm header-map serialisation: a little-endian `u32` count, `count`
+/// pairs of `u32` sizes, then each name and value followed by a NUL byte. Names that are not
+/// UTF-8 are converted lossily; truncated input yields the pairs read before the damage.
+/// Never panics.
+pub fn decode_header_pairs(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        let arr: [u8; 4] = b.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(arr)).ok()
+    };
+    let Some(count) = read_u32(0) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(count.min(256));
+    let Some(mut p) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else {
+        return out;
+    };
+    for n in 0..count {
+        let s = 4 + n * 8;
+        let (Some(name_len), Some(value_len)) = (read_u32(s), read_u32(s + 4)) else {
+            break;
+        };
+        let Some(name) = p.checked_add(name_len).and_then(|end| bytes.get(p..end)) else {
+            break;
+        };
+        p += name_len + 1;
+        let Some(value) = p.checked_add(value_len).and_then(|end| bytes.get(p..end)) else {
+            break;
+        };
+        p = p.saturating_add(value_len + 1);
+        out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    }
+    out
+}
+
+/// Request headers a filter removes from every request it sees, before deciding: the
+/// headers *other* filters or services own (e.g. portal-auth's `portal-*`/`rl-*` on a route
+/// only jwt-shape guards), so no route lets a client forge them. Configured as a list of
+/// lower-case names; a trailing `*` makes a prefix (`"portal-*"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderStrip {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl HeaderStrip {
+    /// Validates the configured patterns; `field` names the list in errors.
+    pub fn parse(field: &str, patterns: &[String]) -> Result<HeaderStrip, ConfigError> {
+        let mut strip = HeaderStrip::default();
+        for (i, p) in patterns.iter().enumerate() {
+            let lower = p.to_ascii_lowercase();
+            let (name, prefix) = match lower.strip_suffix('*') {
+                Some(n) => (n, true),
+                None => (lower.as_str(), false),
+            };
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~".contains(&b));
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    format!("'{p}' is not a header name (or a prefix ending in '*')"),
+                ));
+            }
+            if matches!(
+                name,
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            ) || (prefix && name.len() < 2)
+            {
+                return Err(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    format!("'{p}' would remove headers every request needs"),
+                ));
+            }
+            if prefix {
+                strip.prefixes.push(name.to_string());
+            } else {
+                strip.exact.push(name.to_string());
+            }
+        }
+        Ok(strip)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether a (lower-case) header name is stripped.
+    pub fn matches(&self, name: &str) -> bool {
+        self.exact.iter().any(|e| e.eq_ignore_ascii_case(name))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| starts_with_ignore_case(name, p))
+    }
+
+    /// Removes the matching request headers. Exact names cost one host call each; prefixes
+    /// need the header list, read once and only when there are prefixes.
+    pub fn apply<H: Host + ?Sized>(&self, host: &H) {
+        for name in &self.exact {
+            host.remove_request_header(name);
+        }
+        if self.prefixes.is_empty() {
+            return;
+        }
+        let mut names: Vec<String> = host
+            .request_headers()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| self.prefixes.iter().any(|p| starts_with_ignore_case(k, p)))
+            .collect();
+        names.dedup();
+        for name in names {
+            host.remove_request_header(&name);
+        }
+    }
+}
+
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// Counters a filter increments. Implementations map names to host metrics.
@@ -125,11 +311,12 @@ impl Reply {
     }
 }
 
-/// An in-memory host for unit tests: a request header map, the reply sent, log lines and
-/// counters.
+/// An in-memory host for unit tests: request and response header maps, the reply sent, log
+/// lines and counters.
 #[derive(Debug, Default)]
 pub struct TestHost {
-    pub headers: RefCell<Vec<(String, String)>>,
+    pub headers: RefCell<Vec<(String, Vec<u8>)>>,
+    pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
     pub reply: RefCell<Option<Reply>>,
     pub logs: RefCell<Vec<(Level, String)>>,
     pub counters: RefCell<BTreeMap<String, u64>>,
@@ -138,16 +325,30 @@ pub struct TestHost {
 impl TestHost {
     /// A host holding these request headers (names are lower-cased, as Envoy does).
     pub fn with_headers(headers: &[(&str, &str)]) -> TestHost {
+        let raw: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        TestHost::with_raw_headers(&raw)
+    }
+
+    /// A host holding these request headers, values as raw bytes.
+    pub fn with_raw_headers(headers: &[(&str, &[u8])]) -> TestHost {
         let host = TestHost::default();
         *host.headers.borrow_mut() = headers
             .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
             .collect();
         host
     }
 
+    /// A request header as text (lossy), for assertions.
     pub fn header(&self, name: &str) -> Option<String> {
         self.request_header(name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// A response header as text (lossy), for assertions.
+    pub fn response(&self, name: &str) -> Option<String> {
+        self.response_header(name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -155,30 +356,45 @@ impl TestHost {
     }
 }
 
+fn find(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str) -> Option<Vec<u8>> {
+    let name = name.to_ascii_lowercase();
+    map.borrow()
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn replace(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: &[u8]) {
+    let name = name.to_ascii_lowercase();
+    let mut m = map.borrow_mut();
+    m.retain(|(k, _)| *k != name);
+    m.push((name, value.to_vec()));
+}
+
 impl Host for TestHost {
-    fn request_headers(&self) -> Vec<(String, String)> {
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.headers.borrow().clone()
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .borrow()
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.clone())
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        find(&self.headers, name)
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
-        self.remove_request_header(name);
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.to_string()));
+        replace(&self.headers, name, value.as_bytes());
     }
 
     fn remove_request_header(&self, name: &str) {
         let name = name.to_ascii_lowercase();
         self.headers.borrow_mut().retain(|(k, _)| *k != name);
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        find(&self.response_headers, name)
+    }
+
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        replace(&self.response_headers, name, value);
     }
 
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str) {
@@ -233,7 +449,7 @@ mod tests {
         let h = TestHost::with_headers(&[("Authorization", "Bearer x"), (":path", "/a")]);
         assert_eq!(
             h.request_header("authorization").as_deref(),
-            Some("Bearer x")
+            Some(&b"Bearer x"[..])
         );
         h.set_request_header("X-A", "1");
         h.set_request_header("x-a", "2");
@@ -252,5 +468,81 @@ mod tests {
         h.increment("a");
         h.increment("a");
         assert_eq!(h.counter("a"), 2);
+        let raw = TestHost::with_raw_headers(&[("User-Agent", b"caf\xe9")]);
+        assert_eq!(header_text(&raw, "user-agent"), Err(NotUtf8));
+        assert_eq!(header_text(&raw, "x"), Ok(None));
+        raw.set_response_header("Vary", b"a\xff");
+        assert_eq!(raw.response_header("vary").as_deref(), Some(&b"a\xff"[..]));
+    }
+
+    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(*k);
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn header_strip() {
+        let s = HeaderStrip::parse(
+            "strip",
+            &[
+                "Portal-*".to_string(),
+                "rl-*".to_string(),
+                "x-edgeguard-sub".to_string(),
+            ],
+        )
+        .unwrap();
+        let h = TestHost::with_headers(&[
+            ("portal-application-id", "a"),
+            ("Portal-Account-ID", "b"),
+            ("rl-user-limit-40", "c"),
+            ("x-edgeguard-sub", "d"),
+            ("x-edgeguard-other", "e"),
+            ("portalx", "f"),
+        ]);
+        s.apply(&h);
+        let left: Vec<String> = h.headers.borrow().iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(left, vec!["x-edgeguard-other", "portalx"]);
+        for bad in ["", "*", "a b", "host", "x:y", "é"] {
+            assert!(
+                HeaderStrip::parse("strip", &[bad.to_string()]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            HeaderStrip::parse("strip", &["a".into(), "b c".into()])
+                .unwrap_err()
+                .field,
+            "strip[1]"
+        );
+    }
+
+    #[test]
+    fn header_pairs_decode_bytes_and_survive_damage() {
+        let pairs: &[(&[u8], &[u8])] = &[
+            (b":path", b"/a"),
+            (b"user-agent", b"caf\xe9/1.0"),
+            (b"x-\xff", b""),
+        ];
+        let bytes = encode(pairs);
+        let d = decode_header_pairs(&bytes);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[1].1, b"caf\xe9/1.0".to_vec());
+        assert_eq!(d[2].0, "x-\u{fffd}");
+        for cut in 0..bytes.len() {
+            let d = decode_header_pairs(&bytes[..cut]);
+            assert!(d.len() <= 3);
+        }
+        assert!(decode_header_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+        assert!(decode_header_pairs(&[]).is_empty());
     }
 }

@@ -31,18 +31,18 @@ pub fn log_line(level: Level, message: &str) {
 pub struct ProxyWasmHost;
 
 impl Host for ProxyWasmHost {
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        crate::abi::header_map_pairs(MapType::HttpRequestHeaders)
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        crate::abi::header_map_value(MapType::HttpRequestHeaders, name)
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+        if hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value.as_bytes()))
+            .is_err()
+        {
             log_line(
                 Level::Warn,
                 &format!("edgeguard: could not set request header {name}"),
@@ -54,6 +54,20 @@ impl Host for ProxyWasmHost {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        crate::abi::header_map_value(MapType::HttpResponseHeaders, name)
+    }
+
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        if hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value)).is_err()
+        {
+            log_line(
+                Level::Warn,
+                &format!("edgeguard: could not set response header {name}"),
+            );
+        }
+    }
+
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str) {
         if hostcalls::send_http_response(status, headers.to_vec(), Some(body.as_bytes())).is_err() {
             log_line(Level::Error, "edgeguard: could not send the local reply");
@@ -63,6 +77,13 @@ impl Host for ProxyWasmHost {
     fn log(&self, level: Level, message: &str) {
         log_line(level, message);
     }
+}
+
+/// The `:status` of an HTTP call's response (in `on_http_call_response`), as text (read as
+/// bytes: whatever the peer sent cannot panic the VM).
+pub fn call_response_status() -> Option<String> {
+    let raw = crate::abi::header_map_value(MapType::HttpCallResponseHeaders, ":status")?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// The current time in Unix seconds (0 when the host does not say).

@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 
-pub use edgeguard_host::ConfigError;
+pub use edgeguard_host::{ConfigError, Env, HeaderStrip, ProcessEnv};
 
 fn err(field: impl Into<String>, message: impl fmt::Display) -> ConfigError {
     ConfigError::new(field, message)
@@ -40,6 +40,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
+    #[serde(default)]
+    strip_request_headers: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -324,20 +326,12 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Every header the filter may set; removed from client requests first.
     pub owned_headers: Vec<String>,
-}
-
-/// Reads environment variables (the VM's environment inside Envoy).
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
+    /// Headers other parts of the deployment own (`strip_request_headers`), removed from every
+    /// request this filter sees.
+    pub strip: HeaderStrip,
+    /// Every header and query parameter any provider takes tokens from: emptied on success.
+    pub token_headers: Vec<String>,
+    pub token_params: Vec<String>,
 }
 
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -412,6 +406,7 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
             "needs exactly one of 'hmac', 'local_jwks' or 'remote_jwks'",
         ));
     }
+    let mut hmac_len = None;
     let keys = if let Some(h) = raw.hmac {
         let (text, field) = match (&h.secret, &h.secret_env) {
             (Some(s), None) => (s.clone(), f("hmac.secret")),
@@ -427,6 +422,7 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
             }
         };
         let bytes = secret_bytes(&field, &text, h.encoding)?;
+        hmac_len = Some(bytes.len());
         KeySource::Static(KeySet::from_hmac_secret(&bytes).map_err(|e| err(field, e))?)
     } else if let Some(l) = raw.local_jwks {
         let doc = match (l.inline, l.inline_string) {
@@ -480,6 +476,15 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
                 format!("'{a}' is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA"),
             )
         })?;
+        if let Some(len) = hmac_len {
+            let need = edgeguard_verdict::jwk::min_hmac_key_bytes(alg);
+            if alg.family() == edgeguard_verdict::token::KeyFamily::Hmac && len < need {
+                return Err(err(
+                    f(&format!("algorithms[{i}]")),
+                    format!("{a} needs an HMAC secret of at least {need} bytes (RFC 7518 3.2); this one has {len}"),
+                ));
+            }
+        }
         algorithms.push(alg);
     }
 
@@ -655,6 +660,32 @@ impl Config {
                 }
             }
         }
+        let strip = HeaderStrip::parse("strip_request_headers", &raw.strip_request_headers)?;
+        let mut token_headers = Vec::new();
+        let mut token_params = Vec::new();
+        for p in &providers {
+            for l in &p.locations {
+                match l {
+                    TokenLocation::Header { name, .. } => {
+                        if strip.matches(name) {
+                            return Err(err(
+                                "strip_request_headers",
+                                format!(
+                                    "removes '{name}', a token location of provider '{}'",
+                                    p.name
+                                ),
+                            ));
+                        }
+                        token_headers.push(name.clone());
+                    }
+                    TokenLocation::Param(name) => token_params.push(name.clone()),
+                }
+            }
+        }
+        token_headers.sort();
+        token_headers.dedup();
+        token_params.sort();
+        token_params.dedup();
         Ok(Config {
             providers,
             rules,
@@ -665,6 +696,9 @@ impl Config {
             cache_entries: raw.cache.max_entries,
             max_token_bytes: raw.max_token_bytes,
             owned_headers,
+            strip,
+            token_headers,
+            token_params,
         })
     }
 
@@ -676,6 +710,17 @@ impl Config {
     /// Whether any rule binds shapes (so verified tokens cache their parsed shape claim).
     pub fn binds_shapes(&self) -> bool {
         self.rules.iter().any(|r| r.bind_shape)
+    }
+
+    /// Whether the filter stands in front of Electric (it binds shapes or holds Electric's
+    /// secret): then no request it lets through keeps a client-sent `secret`/`api_secret`.
+    pub fn guards_electric(&self) -> bool {
+        self.electric_secret.is_some() || self.binds_shapes()
+    }
+
+    /// Whether any provider takes tokens from query parameters.
+    pub fn has_param_locations(&self) -> bool {
+        !self.token_params.is_empty()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use edgeguard_host::{Host, Level, Metrics};
+use edgeguard_host::{header_text, Host, Level, Metrics, NotUtf8};
 use edgeguard_verdict::query::{self, QueryParam};
 use edgeguard_verdict::reply::json_body;
 use edgeguard_verdict::shape::{self, ClaimError};
@@ -140,17 +140,23 @@ fn deny<H: Host, M: Metrics>(host: &H, metrics: &M, d: Denial) -> Outcome {
 }
 
 /// Where the token of a request came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Found {
     Header(String),
     Param(String),
 }
 
-/// Finds the token in the provider's locations, in order.
-fn find_token<H: Host>(
-    host: &H,
-    provider: &Provider,
-    params: &[QueryParam<'_>],
-) -> Option<(String, Found)> {
+/// What the token locations of a provider hold.
+enum Lookup {
+    Found(String, Found),
+    Missing,
+    /// A location holds a token whose bytes are not UTF-8 (so not a JWS).
+    NotUtf8,
+}
+
+/// Finds the token in the provider's locations, in order. Header values are bytes: the prefix
+/// is matched on bytes, and a token that is not UTF-8 is reported, never decoded lossily.
+fn find_token<H: Host>(host: &H, provider: &Provider, params: &[QueryParam<'_>]) -> Lookup {
     for loc in &provider.locations {
         match loc {
             TokenLocation::Header { name, prefix } => {
@@ -158,26 +164,72 @@ fn find_token<H: Host>(
                     continue;
                 };
                 let rest = match value.get(..prefix.len()) {
-                    Some(head) if head.eq_ignore_ascii_case(prefix) => {
-                        value.get(prefix.len()..).unwrap_or("")
+                    Some(head) if head.eq_ignore_ascii_case(prefix.as_bytes()) => {
+                        value.get(prefix.len()..).unwrap_or_default()
                     }
                     _ => continue,
                 };
-                let token = rest.trim();
-                if !token.is_empty() {
-                    return Some((token.to_string(), Found::Header(name.clone())));
+                let token = rest.trim_ascii();
+                if token.is_empty() {
+                    continue;
                 }
+                return match std::str::from_utf8(token) {
+                    Ok(t) => Lookup::Found(t.to_string(), Found::Header(name.clone())),
+                    Err(_) => Lookup::NotUtf8,
+                };
             }
             TokenLocation::Param(name) => {
                 if let Some(p) = params.iter().find(|p| p.name == name.as_str()) {
                     if !p.value.is_empty() {
-                        return Some((p.value.to_string(), Found::Param(name.clone())));
+                        return Lookup::Found(p.value.to_string(), Found::Param(name.clone()));
                     }
                 }
             }
         }
     }
-    None
+    Lookup::Missing
+}
+
+/// Lets a request through that needs no token (CORS preflight, a public rule, an unmatched
+/// request with `unmatched: allow`). In front of Electric the client's `secret`/`api_secret`
+/// are still removed: only the proxy may hold Electric's secret.
+fn pass_through<H: Host, M: Metrics>(
+    config: &Config,
+    host: &H,
+    metrics: &M,
+    full_path: &str,
+) -> Outcome {
+    if config.guards_electric() {
+        let (path, raw_query) = query::split_path(full_path);
+        if let Some(q) = raw_query {
+            let params = match query::parse_query(q) {
+                Ok(p) => p,
+                Err(e) => return deny(host, metrics, Denial::bad_request("bad_query", e)),
+            };
+            if params.iter().any(|p| is_secret_param(&p.name)) {
+                let kept: Vec<&str> = params
+                    .iter()
+                    .filter(|p| !is_secret_param(&p.name))
+                    .map(|p| p.raw)
+                    .collect();
+                host.set_request_header(":path", &with_query(path, &kept.join("&")));
+            }
+        }
+    }
+    metrics.increment(metrics::BYPASSED);
+    Outcome::Allowed { vary: false }
+}
+
+fn is_secret_param(name: &str) -> bool {
+    shape::SECRET_PARAMS.contains(&name)
+}
+
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
 }
 
 /// Verifies a token (or finds it in the cache).
@@ -264,12 +316,26 @@ pub fn on_request<H: Host, M: Metrics>(
     now: f64,
     may_wait: bool,
 ) -> Outcome {
-    // Headers this filter sets are never taken from the client.
+    // Headers this filter sets (and headers other filters own) never come from the client.
     for h in &config.owned_headers {
         host.remove_request_header(h);
     }
-    let method = host.request_header(":method").unwrap_or_default();
-    let full_path = host.request_header(":path").unwrap_or_default();
+    config.strip.apply(host);
+    // Methods are tokens; a byte that is not UTF-8 simply matches no method rule.
+    let method = host
+        .request_header(":method")
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
+        .unwrap_or_default();
+    let full_path = match header_text(host, ":path") {
+        Ok(p) => p.unwrap_or_default(),
+        Err(NotUtf8) => {
+            return deny(
+                host,
+                metrics,
+                Denial::bad_request("bad_path", "the request path is not valid UTF-8"),
+            )
+        }
+    };
     let (path, raw_query) = query::split_path(&full_path);
 
     if config.bypass_cors_preflight
@@ -279,16 +345,12 @@ pub fn on_request<H: Host, M: Metrics>(
             .request_header("access-control-request-method")
             .is_some()
     {
-        metrics.increment(metrics::BYPASSED);
-        return Outcome::Allowed { vary: false };
+        return pass_through(config, host, metrics, &full_path);
     }
 
     let Some(rule) = config.rule_for(&method, path) else {
         return match config.unmatched {
-            Unmatched::Allow => {
-                metrics.increment(metrics::BYPASSED);
-                Outcome::Allowed { vary: false }
-            }
+            Unmatched::Allow => pass_through(config, host, metrics, &full_path),
             Unmatched::Deny => deny(
                 host,
                 metrics,
@@ -302,21 +364,14 @@ pub fn on_request<H: Host, M: Metrics>(
         };
     };
     let provider_index = match rule.requires {
-        Requirement::Public => {
-            metrics.increment(metrics::BYPASSED);
-            return Outcome::Allowed { vary: false };
-        }
+        Requirement::Public => return pass_through(config, host, metrics, &full_path),
         Requirement::Provider(i) => i,
     };
     let Some(provider) = config.providers.get(provider_index) else {
         return deny(host, metrics, Denial::token(&TokenError::KeysUnavailable));
     };
 
-    let needs_query = rule.bind_shape
-        || provider
-            .locations
-            .iter()
-            .any(|l| matches!(l, TokenLocation::Param(_)));
+    let needs_query = rule.bind_shape || config.guards_electric() || config.has_param_locations();
     let params = if needs_query {
         match query::parse_query(raw_query.unwrap_or("")) {
             Ok(p) => p,
@@ -326,17 +381,27 @@ pub fn on_request<H: Host, M: Metrics>(
         Vec::new()
     };
 
-    let Some((token, found)) = find_token(host, provider, &params) else {
-        return deny(
-            host,
-            metrics,
-            Denial {
-                status: 401,
-                reason: "missing_token",
-                message: "a bearer token is required".to_string(),
-                challenge: Challenge::Missing,
-            },
-        );
+    let (token, found) = match find_token(host, provider, &params) {
+        Lookup::Found(token, found) => (token, found),
+        Lookup::NotUtf8 => {
+            return deny(
+                host,
+                metrics,
+                Denial::token(&TokenError::Malformed("the token is not valid UTF-8")),
+            )
+        }
+        Lookup::Missing => {
+            return deny(
+                host,
+                metrics,
+                Denial {
+                    status: 401,
+                    reason: "missing_token",
+                    message: "a bearer token is required".to_string(),
+                    challenge: Challenge::Missing,
+                },
+            )
+        }
     };
 
     let requested_shape = if rule.bind_shape {
@@ -420,30 +485,35 @@ pub fn on_request<H: Host, M: Metrics>(
             host.set_request_header(h, payload);
         }
     }
-    let strip_param = match (&found, provider.forward) {
-        (Found::Header(h), false) => {
-            host.remove_request_header(h);
-            None
+    // The token leaves every configured location (a second, unchecked token in another
+    // location must not reach upstream either); with `forward` the one checked stays.
+    let kept = provider.forward.then_some(&found);
+    for name in &config.token_headers {
+        if kept != Some(&Found::Header(name.clone())) {
+            host.remove_request_header(name);
         }
-        (Found::Param(p), false) => Some(p.as_str()),
-        _ => None,
+    }
+    let drop_param = |name: &str| {
+        config.token_params.iter().any(|p| p == name)
+            && kept != Some(&Found::Param(name.to_string()))
     };
-    if rule.bind_shape || strip_param.is_some() {
-        let kept: Vec<QueryParam<'_>> = params
+    if needs_query {
+        let forwarded: Vec<QueryParam<'_>> = params
             .iter()
-            .filter(|p| strip_param.is_none_or(|s| p.name != s))
+            .filter(|p| !drop_param(&p.name))
             .cloned()
             .collect();
         let upstream = if rule.bind_shape {
-            shape::upstream_query(&kept, config.electric_secret.as_deref())
+            shape::upstream_query(&forwarded, config.electric_secret.as_deref())
         } else {
-            kept.iter().map(|p| p.raw).collect::<Vec<_>>().join("&")
+            forwarded
+                .iter()
+                .filter(|p| !(config.guards_electric() && is_secret_param(&p.name)))
+                .map(|p| p.raw)
+                .collect::<Vec<_>>()
+                .join("&")
         };
-        let new_path = if upstream.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}?{upstream}")
-        };
+        let new_path = with_query(path, &upstream);
         if new_path != full_path {
             host.set_request_header(":path", &new_path);
         }
@@ -452,19 +522,37 @@ pub fn on_request<H: Host, M: Metrics>(
     Outcome::Allowed { vary: true }
 }
 
-/// Adds `Authorization` to the response's `Vary` (keeping what upstream set).
-pub fn vary_value(existing: Option<&str>) -> Option<String> {
+/// The response side: adds `Authorization` to `Vary` when the request was decided on a token.
+pub fn on_response<H: Host>(host: &H, vary: bool) {
+    if !vary {
+        return;
+    }
+    let existing = host.response_header("vary");
+    if let Some(v) = vary_value(existing.as_deref()) {
+        host.set_response_header("vary", &v);
+    }
+}
+
+/// Adds `Authorization` to the response's `Vary` (keeping what upstream set, byte for byte:
+/// an upstream value that is not UTF-8 is extended, not decoded).
+pub fn vary_value(existing: Option<&[u8]>) -> Option<Vec<u8>> {
+    const NAME: &[u8] = b"Authorization";
     match existing {
-        None => Some("Authorization".to_string()),
+        None => Some(NAME.to_vec()),
         Some(v)
-            if v.split(',').any(|p| {
-                let p = p.trim();
-                p.eq_ignore_ascii_case("authorization") || p == "*"
+            if v.split(|b| *b == b',').any(|p| {
+                let p = p.trim_ascii();
+                p.eq_ignore_ascii_case(b"authorization") || p == b"*"
             }) =>
         {
             None
         }
-        Some(v) if v.trim().is_empty() => Some("Authorization".to_string()),
-        Some(v) => Some(format!("{v}, Authorization")),
+        Some(v) if v.trim_ascii().is_empty() => Some(NAME.to_vec()),
+        Some(v) => {
+            let mut out = v.to_vec();
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(NAME);
+            Some(out)
+        }
     }
 }

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use edgeguard_host::{log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics};
+use edgeguard_host::{
+    call_response_status, log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::{Config, KeySource, ProcessEnv, RemoteJwks};
 use crate::engine::{self, Outcome, State};
@@ -142,9 +144,7 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
+        let status = call_response_status();
         let body = if body_size > keys::MAX_JWKS_BYTES {
             Some(vec![0u8; keys::MAX_JWKS_BYTES + 1])
         } else {
@@ -407,14 +407,7 @@ impl HttpContext for Http {
             .as_ref()
             .and_then(|s| s.decided.borrow_mut().remove(&self.id))
             .unwrap_or(false);
-        if self.vary || decided {
-            let existing = hostcalls::get_map_value(MapType::HttpResponseHeaders, "vary")
-                .ok()
-                .flatten();
-            if let Some(v) = engine::vary_value(existing.as_deref()) {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "vary", Some(&v));
-            }
-        }
+        engine::on_response(&ProxyWasmHost, self.vary || decided);
         Action::Continue
     }
 }

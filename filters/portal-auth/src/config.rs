@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-pub use edgeguard_host::ConfigError;
+pub use edgeguard_host::{ConfigError, Env, HeaderStrip, ProcessEnv, Secret};
 
 fn err(field: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError::new(field, message)
@@ -26,6 +26,19 @@ pub struct StoreSource {
     pub refresh_interval_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The VM environment variable holding the bearer token `edgeguard authz` requires on
+    /// its store endpoint (the same `EDGEGUARD_STORE_TOKEN` both sides read).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+}
+
+/// The store endpoint's credential: the same variable `edgeguard authz` reads.
+pub const DEFAULT_TOKEN_ENV: &str = "EDGEGUARD_STORE_TOKEN";
+/// Shortest store token accepted (the server refuses shorter ones too).
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+fn default_token_env() -> String {
+    DEFAULT_TOKEN_ENV.to_string()
 }
 
 fn default_authority() -> String {
@@ -52,11 +65,19 @@ pub struct Config {
     /// Let requests through (unstamped) while the store has never loaded, instead of 503.
     #[serde(default)]
     pub fail_open: bool,
+    /// Headers other filters own (e.g. jwt-shape's `x-edgeguard-*`), removed from every request.
+    #[serde(default, rename = "strip_request_headers")]
+    strip_patterns: Vec<String>,
+    #[serde(skip)]
+    pub strip: HeaderStrip,
+    /// The store token (from `store.token_env`).
+    #[serde(skip)]
+    pub store_token: Secret,
 }
 
 impl Config {
-    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
-        let c: Config = serde_json::from_slice(json)
+    pub fn parse(json: &[u8], env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut c: Config = serde_json::from_slice(json)
             .map_err(|e| err("", format!("invalid configuration: {e}")))?;
         if c.store.cluster.is_empty() {
             return Err(err("store.cluster", "must name an Envoy cluster"));
@@ -73,6 +94,30 @@ impl Config {
         if !(1..=60_000).contains(&c.store.timeout_ms) {
             return Err(err("store.timeout_ms", "must be between 1 and 60000"));
         }
+        c.strip = HeaderStrip::parse("strip_request_headers", &c.strip_patterns)?;
+        if let Some(n) = c.strip_patterns.iter().find(|p| {
+            let p = p.to_ascii_lowercase();
+            p.starts_with("portal-") || p.starts_with("rl-") || p == "authorization"
+        }) {
+            return Err(err(
+                "strip_request_headers",
+                format!("'{n}' is a header portal-auth reads or sets itself"),
+            ));
+        }
+        let var = &c.store.token_env;
+        let token = env.var(var).unwrap_or_default();
+        if token.len() < MIN_TOKEN_BYTES {
+            let problem = if token.is_empty() {
+                "is not set".to_string()
+            } else {
+                format!("holds {} bytes, fewer than {MIN_TOKEN_BYTES}", token.len())
+            };
+            return Err(err(
+                "store.token_env",
+                format!("environment variable {var} {problem} in the wasm VM: set the store token `edgeguard authz` requires (EDGEGUARD_STORE_TOKEN) in Envoy's environment and pass it with vm_config.environment_variables.host_env_keys"),
+            ));
+        }
+        c.store_token = Secret::new(token);
         Ok(c)
     }
 }
@@ -81,19 +126,65 @@ impl Config {
 mod tests {
     use super::*;
 
+    struct TestEnv;
+    impl Env for TestEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "EDGEGUARD_STORE_TOKEN" => Some("t".repeat(32)),
+                "SHORT" => Some("t".repeat(31)),
+                _ => None,
+            }
+        }
+    }
+
+    impl Config {
+        fn parse_test(json: &[u8]) -> Result<Config, ConfigError> {
+            Config::parse(json, &TestEnv)
+        }
+    }
+
+    #[test]
+    fn store_token_and_strip_list() {
+        let c = Config::parse_test(
+            br#"{"store": {"cluster": "a"}, "strip_request_headers": ["x-edgeguard-*"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.store_token.expose().len(), 32);
+        assert!(
+            !format!("{c:?}").contains("tttt"),
+            "the token stays out of Debug"
+        );
+        assert!(c.strip.matches("x-edgeguard-sub"));
+        let e =
+            Config::parse_test(br#"{"store": {"cluster": "a", "token_env": "NOPE"}}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("store.token_env: environment variable NOPE is not set"),
+            "{e}"
+        );
+        let e = Config::parse_test(br#"{"store": {"cluster": "a", "token_env": "SHORT"}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("holds 31 bytes"), "{e}");
+        let e = Config::parse_test(
+            br#"{"store": {"cluster": "a"}, "strip_request_headers": ["Portal-*"]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("strip_request_headers:"), "{e}");
+    }
+
     #[test]
     fn parses_and_validates() {
-        let c = Config::parse(br#"{"store": {"cluster": "authz"}}"#).unwrap();
+        let c = Config::parse_test(br#"{"store": {"cluster": "authz"}}"#).unwrap();
         assert_eq!(c.store.path, "/store/v1/snapshot");
         assert_eq!(c.store.refresh_interval_ms, 1000);
         assert!(!c.fail_open);
-        let e = Config::parse(br#"{"store": {"cluster": ""}}"#).unwrap_err();
+        let e = Config::parse_test(br#"{"store": {"cluster": ""}}"#).unwrap_err();
         assert_eq!(e.to_string(), "store.cluster: must name an Envoy cluster");
-        let e =
-            Config::parse(br#"{"store": {"cluster": "a", "refresh_interval_ms": 5}}"#).unwrap_err();
+        let e = Config::parse_test(br#"{"store": {"cluster": "a", "refresh_interval_ms": 5}}"#)
+            .unwrap_err();
         assert!(e.to_string().starts_with("store.refresh_interval_ms"));
-        let e = Config::parse(br#"{"store": {"cluster": "a"}, "typo": 1}"#).unwrap_err();
+        let e = Config::parse_test(br#"{"store": {"cluster": "a"}, "typo": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `typo`"));
-        assert!(Config::parse(b"[]").is_err());
+        assert!(Config::parse_test(b"[]").is_err());
     }
 }

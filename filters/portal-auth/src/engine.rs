@@ -11,18 +11,20 @@ use crate::metrics;
 /// The per-VM copy of the store.
 pub type Copy = StoreCopy<FxBuildHasher>;
 
-/// Request headers as ext_authz sees them: lower-case names, repeated headers joined with `,`.
-pub struct RequestHeaders(Vec<(String, String)>);
+/// Request headers as ext_authz sees them: lower-case names, repeated headers joined with
+/// `,`. Values are bytes; the verdict reads only values that are UTF-8 (one that is not is
+/// as good as absent: no app id, no key), so a Latin-1 byte can neither crash nor open anything.
+pub struct RequestHeaders(Vec<(String, Vec<u8>)>);
 
 impl RequestHeaders {
-    pub fn new(raw: Vec<(String, String)>) -> RequestHeaders {
-        let mut merged: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    pub fn new(raw: Vec<(String, Vec<u8>)>) -> RequestHeaders {
+        let mut merged: Vec<(String, Vec<u8>)> = Vec::with_capacity(raw.len());
         for (k, v) in raw {
             let k = k.to_ascii_lowercase();
             match merged.iter_mut().find(|(mk, _)| *mk == k) {
                 Some((_, mv)) => {
-                    mv.push(',');
-                    mv.push_str(&v);
+                    mv.push(b',');
+                    mv.extend_from_slice(&v);
                 }
                 None => merged.push((k, v)),
             }
@@ -33,14 +35,18 @@ impl RequestHeaders {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
     }
+
+    fn raw(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 impl Headers for RequestHeaders {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.raw(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -61,6 +67,9 @@ pub fn on_request<H: Host, M: Metrics>(
     metrics: &M,
 ) -> Outcome {
     let headers = RequestHeaders::new(host.request_headers());
+    for n in headers.names().filter(|n| config.strip.matches(n)) {
+        host.remove_request_header(n);
+    }
     let owned: Vec<String> = headers
         .names()
         .filter(|n| portal::is_owned_header(n))
@@ -91,7 +100,7 @@ pub fn on_request<H: Host, M: Metrics>(
             for (k, v) in &allowed.headers {
                 // a header the client already sent with exactly this value (typically
                 // Portal-Application-ID) is left as it is: one host call less
-                if headers.get(k) != Some(v.as_str()) {
+                if headers.raw(k) != Some(v.as_bytes()) {
                     host.set_request_header(&k.to_ascii_lowercase(), v);
                 }
             }

@@ -93,6 +93,7 @@ mod tests {
             path: "/store/v1/snapshot".into(),
             refresh_interval_ms: 1000,
             timeout_ms: 2000,
+            token_env: "T".into(),
         }
     }
 

@@ -6,11 +6,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use edgeguard_host::{
-    log_line, now, CounterBuffer, Host, Level, Metrics, ProxyWasmHost, WasmMetrics,
+    call_response_status, log_line, now, CounterBuffer, Host, Level, Metrics, ProcessEnv,
+    ProxyWasmHost, WasmMetrics,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::Config;
 use crate::engine::{self, Copy};
@@ -56,9 +57,7 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
+        let status = call_response_status();
         let body = if body_size > MAX_UPDATE_BYTES {
             None
         } else {
@@ -113,7 +112,7 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        let config = match Config::parse(&bytes, &ProcessEnv) {
             Ok(c) => c,
             Err(e) => {
                 log_line(
@@ -162,11 +161,13 @@ impl RootContext for Root {
             return;
         }
         let path = self.sync.path(source, shared.copy.borrow().version);
+        let authorization = format!("Bearer {}", shared.config.store_token.expose());
         let headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", source.authority.as_str()),
             ("accept", edgeguard_verdict::portal_wire::CONTENT_TYPE),
+            ("authorization", authorization.as_str()),
             ("user-agent", "edgeguard-portal-auth"),
         ];
         self.sync.started(now);

@@ -5,11 +5,24 @@
 use edgeguard_host::TestHost;
 use edgeguard_verdict::portal::{key_digest, AppAuth, PortalApp};
 use edgeguard_verdict::portal_wire::{AppChange, Update, UsageChange};
-use portal_auth::config::Config;
+use portal_auth::config::{Config, Env};
 use portal_auth::engine::{on_request, Copy, Outcome};
 
 fn config(extra: &str) -> Config {
-    Config::parse(format!(r#"{{"store": {{"cluster": "authz"}}{extra}}}"#).as_bytes()).unwrap()
+    Config::parse(
+        format!(r#"{{"store": {{"cluster": "authz"}}{extra}}}"#).as_bytes(),
+        &TokenEnv,
+    )
+    .unwrap()
+}
+
+/// The VM environment: just the store token.
+struct TokenEnv;
+
+impl Env for TokenEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        (name == "EDGEGUARD_STORE_TOKEN").then(|| "store-token-for-engine-tests-0123456789".into())
+    }
 }
 
 fn copy() -> Copy {

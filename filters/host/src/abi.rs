@@ -1,0 +1,75 @@
+//! The proxy-wasm header-map imports, declared here so header values (and names) are read as
+//! bytes: the SDK's `get_map`/`get_map_value` (and even `get_map_bytes`, for names) turn the
+//! bytes into `String` with `unwrap()`, and a Latin-1 byte in a header would panic the VM.
+//! The SDK also panics on a status it does not expect; these return it instead.
+//!
+//! This is the only `unsafe` code of the filters. Each block says why it is sound.
+
+#![allow(unsafe_code)]
+
+use std::ptr::null_mut;
+
+use proxy_wasm::types::MapType;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+}
+
+/// proxy-wasm `Status::Ok`.
+const OK: u32 = 0;
+
+/// Takes ownership of a buffer the host filled through the module's allocator.
+///
+/// # Safety
+/// `data` must be null or a pointer the host obtained from this module's exported
+/// `proxy_on_memory_allocate(size)` (the SDK's allocator: `Vec::<u8>::with_capacity(size)`,
+/// then forgotten), not freed since, with `size` the very size it asked for. Then the
+/// allocation has exactly the layout of a `Vec<u8>` of capacity `size`, and rebuilding the
+/// `Vec` hands it back to the same global allocator on drop.
+unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: see the function's contract; the host wrote `size` initialised bytes.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Every pair of a header map, names and values as bytes (empty if the host refuses).
+pub fn header_map_pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: both out-pointers point at live locals of the right types; the host writes a
+    // buffer pointer and its size there (or leaves them null/0) and reads nothing else.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    // SAFETY: on return the host handed over a buffer from our allocator (or null).
+    let buffer = unsafe { take_buffer(data, size) };
+    if status != OK {
+        return Vec::new();
+    }
+    crate::decode_header_pairs(&buffer)
+}
+
+/// One header value as bytes: `None` when absent (or when the host refuses the call).
+pub fn header_map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `name` is a live byte slice for the duration of the call; the out-pointers
+    // point at live locals; the host only writes a buffer pointer and its size.
+    let status =
+        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    // SAFETY: as in `header_map_pairs`.
+    let buffer = unsafe { take_buffer(data, size) };
+    (status == OK).then_some(buffer)
+}
