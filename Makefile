@@ -23,7 +23,7 @@ export EDGEGUARD_ENVOY    := $(ENVOY)
 export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 
-.PHONY: help tools envoy grpcurl wasm-target build wasm native run run-xds test unit bench lint fmt clean \
+.PHONY: help tools envoy grpcurl wasm-target build wasm wasm-test native run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -71,6 +71,12 @@ postgres:
 wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
 
+# Test-only: the floor filter built to trap on `x-edgeguard-trap` (tests of failure_policy),
+# next to the others as floor_trap.wasm. Its own target dir keeps floor.wasm untouched.
+wasm-test: wasm
+	$(CARGO) build --release --target $(WASM_TARGET) -p floor --features trap-on-header --target-dir $(ROOT)/target/trap
+	@cp $(ROOT)/target/trap/$(WASM_TARGET)/release/floor.wasm $(WASM_DIR)/floor_trap.wasm
+
 native:
 	$(CARGO) build --release -p edgeguard
 
@@ -84,7 +90,7 @@ run-xds: tools build
 	@envoy/xds/run.sh
 
 # ---------------------------------------------------------------- test
-test: tools wasm postgres validate-manifests
+test: tools wasm-test postgres validate-manifests
 	$(CARGO) build -p edgeguard
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -483,12 +483,7 @@ fn portal_auth_filter() -> Value {
         "store": {"cluster": "authz_http", "authority": "edgeguard-authz", "refresh_interval_ms": 1000, "timeout_ms": 10000},
         "rate_limit_headers": true
     });
-    wasm_filter(
-        "portal_auth",
-        &tools::wasm("portal_auth"),
-        &config.to_string(),
-        &[],
-    )
+    crate::envoy::portal_auth_filter(&config.to_string())
 }
 
 /// Envoy's plain `/stats` counters and gauges whose names contain `filter`.

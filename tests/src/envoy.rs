@@ -42,9 +42,40 @@ fn cluster_opts(name: &str, port: u16, h2: bool) -> Value {
     c
 }
 
+/// The store token every test Envoy (`EDGEGUARD_STORE_TOKEN` in its environment, passed into
+/// portal-auth's VM) and every test `edgeguard authz` share.
+pub const STORE_TOKEN: &str = "edgeguard-test-store-token-0123456789abcdef";
+
+/// A dead VM is replaced after this backoff (as in every shipped configuration).
+pub fn reload_config() -> Value {
+    json!({"backoff": {"base_interval": "0.2s", "max_interval": "2s"}})
+}
+
 /// The HTTP wasm filter loading `wasm_file` with `configuration` (a JSON string, exactly what
 /// `on_configure` receives). `env` lists host environment variables passed into the VM.
+/// A VM that dies is reloaded (`FAIL_RELOAD`), as the shipped configurations do.
 pub fn wasm_filter(name: &str, wasm_file: &Path, configuration: &str, env: &[&str]) -> Value {
+    wasm_filter_with_policy(name, wasm_file, configuration, env, "FAIL_RELOAD")
+}
+
+/// portal-auth with `configuration`, its VM given the store token.
+pub fn portal_auth_filter(configuration: &str) -> Value {
+    wasm_filter(
+        "portal_auth",
+        &crate::tools::wasm("portal_auth"),
+        configuration,
+        &["EDGEGUARD_STORE_TOKEN"],
+    )
+}
+
+/// [`wasm_filter`] with another `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`).
+pub fn wasm_filter_with_policy(
+    name: &str,
+    wasm_file: &Path,
+    configuration: &str,
+    env: &[&str],
+    failure_policy: &str,
+) -> Value {
     let mut vm = json!({
         "vm_id": name,
         "runtime": "envoy.wasm.runtime.v8",
@@ -61,7 +92,8 @@ pub fn wasm_filter(name: &str, wasm_file: &Path, configuration: &str, env: &[&st
                 "name": name,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
                 "vm_config": vm,
-                "failure_policy": "FAIL_CLOSED"
+                "failure_policy": failure_policy,
+                "reload_config": reload_config()
             }
         }
     })
@@ -92,6 +124,14 @@ impl EnvoyConfig {
             direct_response: false,
             log_level: "info",
         }
+        .with_env("EDGEGUARD_STORE_TOKEN", STORE_TOKEN)
+    }
+
+    /// Adds a variable to Envoy's environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> EnvoyConfig {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn bootstrap(&self) -> Value {
@@ -226,6 +266,17 @@ impl Envoy {
     /// A request to the listener.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> http::Resp {
         http::get(self.port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// A request with raw bytes in the path and header values.
+    pub fn request_bytes(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> http::Resp {
+        http::request_bytes(self.port, method, path, headers, b"")
+            .unwrap_or_else(|e| panic!("{method} {}: {e}", String::from_utf8_lossy(path)))
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> http::Resp {

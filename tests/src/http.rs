@@ -77,19 +77,37 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Resp, String> {
+    let raw: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    request_bytes(port, method, path.as_bytes(), &raw, body.as_bytes())
+}
+
+/// [`request`] with the path and header values as raw bytes (Latin-1 and other bytes that are
+/// not UTF-8 are legal in header values on the wire).
+pub fn request_bytes(
+    port: u16,
+    method: &str,
+    path: &[u8],
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<Resp, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    let mut req = format!("{method} ").into_bytes();
+    req.extend_from_slice(path);
+    req.extend_from_slice(b" HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
     }
     if !body.is_empty() || method == "POST" {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
+        req.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    s.write_all(&req).map_err(|e| e.to_string())?;
     // Read until the response is complete, not until the connection closes: Envoy keeps a
     // connection open for `delayed_close_timeout` (1 s) after a local reply.
     let mut raw = Vec::new();

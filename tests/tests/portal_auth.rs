@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edgeguard_tests::authz::{seed, Authz};
-use edgeguard_tests::envoy::{cluster, grpc_cluster, wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::envoy::{cluster, grpc_cluster, portal_auth_filter, Envoy, EnvoyConfig};
 use edgeguard_tests::http::Resp;
 use edgeguard_tests::postgres::Postgres;
 use edgeguard_tests::process::{eventually, free_port, Echo};
@@ -26,12 +26,7 @@ fn portal_auth_config(fail_open: bool) -> String {
 
 /// Envoy with portal-auth syncing from `authz_http_port`.
 fn filter_envoy(echo: &Echo, authz_http_port: u16, fail_open: bool) -> Envoy {
-    let filter = wasm_filter(
-        "portal_auth",
-        &tools::wasm("portal_auth"),
-        &portal_auth_config(fail_open),
-        &[],
-    );
+    let filter = portal_auth_filter(&portal_auth_config(fail_open));
     let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
     cfg.clusters.push(cluster("authz_http", authz_http_port));
     cfg.concurrency = 2;
