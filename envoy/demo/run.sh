@@ -23,6 +23,9 @@ ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
 APPS_FILE=${EDGEGUARD_DEMO_APPS_FILE:-$ROOT/envoy/demo/portal-apps.yaml}
 RUN_DIR=${EDGEGUARD_DEMO_DIR:-$ROOT/.run}
+# the store endpoint's bearer token, shared by edgeguard authz and portal-auth (a fresh one per run)
+EDGEGUARD_STORE_TOKEN=${EDGEGUARD_STORE_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export EDGEGUARD_STORE_TOKEN
 
 for f in "$ENVOY" "$BIN" "$WASM_DIR/jwt_shape.wasm" "$WASM_DIR/portal_auth.wasm" "$APPS_FILE"; do
   [ -e "$f" ] || { echo "missing $f: run 'make run' (it installs and builds everything)"; exit 1; }

@@ -29,6 +29,8 @@ fn make_run_prints_working_curl_lines() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // a failed assertion must not leave the demo running (run.sh stops its children on TERM)
+    let _stop = StopOnDrop(child.id());
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut reader = BufReader::new(stdout).lines();
@@ -128,6 +130,40 @@ fn make_run_prints_working_curl_lines() {
         "{grpc}"
     );
 
+    // no route lets a client forge a header a filter (or edgeguard authz) sets: each route gets
+    // every owned header forged, and nothing forged reaches the upstream
+    let token = ok_token(&commands[0]);
+    let forged = [
+        "x-edgeguard-sub",
+        "x-edgeguard-table",
+        "portal-account-id",
+        "rl-plan-free",
+        "rl-user-limit-40",
+        "portal-extra",
+    ]
+    .iter()
+    .map(|h| format!("-H '{h}: forged-by-client'"))
+    .collect::<Vec<_>>()
+    .join(" ");
+    for (what, cmd) in [
+        (
+            "jwt-shape route",
+            format!("curl -s {forged} -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{port}/v1/shape?table=items&offset=-1'"),
+        ),
+        (
+            "portal-auth route",
+            format!("curl -s {forged} 'http://127.0.0.1:{port}/v1/demo_unlimited'"),
+        ),
+        (
+            "ext_authz route",
+            format!("curl -s {forged} 'http://127.0.0.1:{ext}/v1/demo_unlimited'"),
+        ),
+    ] {
+        let out = run(&cmd);
+        assert!(out.ends_with("\n200"), "{what}: {out}");
+        assert!(!out.contains("forged-by-client"), "{what}: a forged header reached the upstream: {out}");
+    }
+
     // stopping the script stops everything it started
     unsafe_kill(child.id(), 15);
     let rest: Vec<String> = reader.map_while(Result::ok).collect();
@@ -142,6 +178,23 @@ fn make_run_prints_working_curl_lines() {
             !wait_for_port(p, Duration::from_millis(300)),
             "port {p} still listening"
         );
+    }
+}
+
+/// The token in the first printed command (`-H "Authorization: Bearer <token>"`).
+fn ok_token(cmd: &str) -> String {
+    cmd.split("Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        unsafe_kill(self.0, 15);
     }
 }
 

@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edgeguard_tests::authz::Authz;
-use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig, STORE_TOKEN};
 use edgeguard_tests::http::{self, Resp};
 use edgeguard_tests::keys::{now, TestKey};
 use edgeguard_tests::process::{free_port, Echo, Proc};
@@ -120,8 +120,8 @@ fn shipped(image: &str, module: &str) -> Vec<Shipped> {
                         .filter_map(|e| e["name"].as_str().map(String::from))
                         .collect();
                     assert_eq!(
-                        spec["failStrategy"], "FAIL_CLOSE",
-                        "{obj}: must fail closed"
+                        spec["failStrategy"], "FAIL_RELOAD",
+                        "{obj}: must fail closed and reload a VM that dies"
                     );
                     out.push(Shipped {
                         source: format!("{obj} pluginConfig"),
@@ -257,8 +257,12 @@ fn verbatim(source: &str, name: &str, typed_config: &Value, wasm: &Path) -> Ship
     let mut tc = typed_config.clone();
     let c = &tc["config"];
     assert_eq!(
-        c["failure_policy"], "FAIL_CLOSED",
-        "{source}: must fail closed"
+        c["failure_policy"], "FAIL_RELOAD",
+        "{source}: must fail closed and reload a VM that dies"
+    );
+    assert!(
+        c["reload_config"]["backoff"]["base_interval"].is_string(),
+        "{source}: FAIL_RELOAD with a backoff"
     );
     assert_eq!(
         c["allow_on_headers_stop_iteration"], false,
@@ -371,9 +375,17 @@ fn check_jwt_shape(source: &str, get: Get) {
     let bearer = format!("Bearer {token}");
     let r = get(
         "/v1/shape?table=items&offset=-1&secret=client-guess",
-        &[("authorization", &bearer)],
+        &[
+            ("authorization", &bearer),
+            ("portal-application-id", "spoofed"),
+            ("portal-account-id", "spoofed"),
+            ("rl-plan-free", "spoofed"),
+        ],
     );
     expect(&r, 200, &format!("{source}: a demo token for table=items"));
+    for h in ["portal-application-id", "portal-account-id", "rl-plan-free"] {
+        assert_eq!(r.echoed(h), None, "{source}: portal-auth's {h} is stripped");
+    }
     assert_eq!(
         r.echoed_path(),
         format!("/v1/shape?table=items&offset=-1&secret={DEMO_ELECTRIC_SECRET}"),
@@ -435,7 +447,9 @@ fn start_shipped(
 ) -> Envoy {
     let mut cfg = EnvoyConfig::new(upstream_port, vec![s.http_filter.clone()]);
     cfg.clusters = clusters;
-    cfg.env = env;
+    for (k, v) in env {
+        cfg = cfg.with_env(&k, &v);
+    }
     Envoy::try_start(&cfg).unwrap_or_else(|log| {
         panic!(
             "{}: Envoy refused the shipped configuration:\n{log}",
@@ -540,19 +554,28 @@ fn portal_auth_config(cluster: &str) -> Value {
         "store": {"cluster": cluster, "authority": "edgeguard-authz", "path": "/store/v1/snapshot",
                   "refresh_interval_ms": 1000, "timeout_ms": 5000},
         "rate_limit_headers": true,
-        "fail_open": false
+        "fail_open": false,
+        "strip_request_headers": ["x-edgeguard-*"]
     })
 }
 
 #[test]
 fn shipped_portal_auth_configs_work_in_envoy() {
     let apps = tools::root().join("envoy/demo/portal-apps.yaml");
-    let authz = Authz::start(&[("PORTAL_APPS_FILE", apps.to_str().unwrap())]);
+    let authz = Authz::start(&[
+        ("PORTAL_APPS_FILE", apps.to_str().unwrap()),
+        ("EDGEGUARD_STORE_TOKEN", STORE_TOKEN),
+    ]);
     assert!(authz.wait_ready(Duration::from_secs(10)), "{}", authz.log());
     let echo = Echo::start();
     let copies = shipped("portal-auth", "portal_auth");
     assert!(copies.len() >= 3, "{copies:#?}");
     for s in &copies {
+        assert!(
+            s.env.iter().any(|e| e == "EDGEGUARD_STORE_TOKEN"),
+            "{}: the VM needs the store token (EDGEGUARD_STORE_TOKEN from the host)",
+            s.source
+        );
         // the copy's own store cluster name (Istio's outbound|... included), pointed at authz
         let store_cluster = s.config["store"]["cluster"].as_str().unwrap().to_string();
         let envoy = start_shipped(
@@ -575,9 +598,19 @@ fn shipped_portal_auth_configs_work_in_envoy() {
             &[
                 ("authorization", "demo-secret-key-0001"),
                 ("portal-account-id", "spoofed"),
+                ("x-edgeguard-sub", "spoofed"),
+                ("x-edgeguard-table", "spoofed"),
             ],
         );
         assert_eq!(r.status, 200, "{}: {}", s.source, r.body);
+        for h in ["x-edgeguard-sub", "x-edgeguard-table"] {
+            assert_eq!(
+                r.echoed(h),
+                None,
+                "{}: jwt-shape's {h} is stripped",
+                s.source
+            );
+        }
         assert_eq!(
             r.echoed("portal-account-id").as_deref(),
             Some("acct_team"),

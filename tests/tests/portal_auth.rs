@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use edgeguard_tests::authz::{seed, Authz};
-use edgeguard_tests::envoy::{cluster, grpc_cluster, portal_auth_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::envoy::{
+    cluster, grpc_cluster, portal_auth_filter, Envoy, EnvoyConfig, STORE_TOKEN,
+};
 use edgeguard_tests::http::Resp;
 use edgeguard_tests::postgres::Postgres;
 use edgeguard_tests::process::{eventually, free_port, Echo};
@@ -391,6 +393,7 @@ fn global_rate_limit_example_is_consistent() {
     std::fs::write(&rendered, &out.stdout).unwrap();
     let v = std::process::Command::new(tools::envoy())
         .args(["--mode", "validate", "-c"])
+        .env("EDGEGUARD_STORE_TOKEN", STORE_TOKEN)
         .arg(&rendered)
         .output()
         .unwrap();
