@@ -23,7 +23,7 @@ export EDGEGUARD_ENVOY    := $(ENVOY)
 export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 
-.PHONY: help tools envoy grpcurl wasm-target build wasm wasm-test native run run-xds test unit bench lint fmt clean \
+.PHONY: help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -36,9 +36,23 @@ help:
 	@echo "make validate-manifests  istio/ and compose/ against schemas, offline (part of make test)"
 
 # ---------------------------------------------------------------- tools
-tools: envoy grpcurl wasm-target
+tools: toolchain envoy grpcurl wasm-target
 
-wasm-target:
+# rust-toolchain.toml pins 1.95.0. A machine whose rustup has that release only as `stable`
+# gets it under the pinned name too (rustup refuses to `link` an official version name, so the
+# toolchain directory is linked, as rustup's own layout has it); otherwise rustup installs it.
+RUST_VERSION := 1.95.0
+toolchain:
+	@rustup run $(RUST_VERSION) rustc --version >/dev/null 2>&1 || { \
+	  echo ">> Rust $(RUST_VERSION) (rust-toolchain.toml) is not installed"; \
+	  host=$$(rustup run stable rustc -vV 2>/dev/null | sed -n 's/^host: //p'); \
+	  home=$${RUSTUP_HOME:-$$HOME/.rustup}; \
+	  if rustup run stable rustc --version 2>/dev/null | grep -q '^rustc $(RUST_VERSION) '; then \
+	    ln -sfn "$$home/toolchains/stable-$$host" "$$home/toolchains/$(RUST_VERSION)-$$host"; \
+	  else rustup toolchain install $(RUST_VERSION) --profile minimal -c rustfmt,clippy -t $(WASM_TARGET); fi; \
+	  rustup run $(RUST_VERSION) rustc --version; }
+
+wasm-target: toolchain
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 $(ENVOY):
