@@ -83,16 +83,16 @@ postgres:
 
 # ---------------------------------------------------------------- build
 wasm: wasm-target
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	$(CARGO) build --locked --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
 
 # Test-only: the floor filter built to trap on `x-edgeguard-trap` (tests of failure_policy),
 # next to the others as floor_trap.wasm. Its own target dir keeps floor.wasm untouched.
 wasm-test: wasm
-	$(CARGO) build --release --target $(WASM_TARGET) -p floor --features trap-on-header --target-dir $(ROOT)/target/trap
+	$(CARGO) build --locked --release --target $(WASM_TARGET) -p floor --features trap-on-header --target-dir $(ROOT)/target/trap
 	@cp $(ROOT)/target/trap/$(WASM_TARGET)/release/floor.wasm $(WASM_DIR)/floor_trap.wasm
 
 native:
-	$(CARGO) build --release -p edgeguard
+	$(CARGO) build --locked --release -p edgeguard
 
 build: wasm native
 
@@ -105,11 +105,11 @@ run-xds: tools build
 
 # ---------------------------------------------------------------- test
 test: tools wasm-test postgres validate-manifests
-	$(CARGO) build -p edgeguard
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) build --locked -p edgeguard
+	$(CARGO) test --locked --workspace --no-fail-fast
 
 unit:
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --locked --workspace --lib --bins
 
 # ---------------------------------------------------------------- manifests
 # Offline validation of istio/ and compose/ (see tests/manifests/validate.py for what is
@@ -164,8 +164,9 @@ bench: tools build
 # ---------------------------------------------------------------- lint
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) -p floor --features trap-on-header -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
