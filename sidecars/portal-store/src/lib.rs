@@ -57,13 +57,20 @@
 //!
 //! # Faults
 //!
-//! [`start`] returns at once and never fails because the source is down. Until the first
-//! load the snapshot is not loaded (`loaded() == false`; the verdict answers 503) and the
-//! store retries with backoff (1 s doubling to 30 s). If `snapshot_file` is set and readable,
-//! it is served meanwhile (loaded, [`Origin::SnapshotFile`]). After each full load that
-//! changed the data, the file is rewritten atomically (key digests only, see [`mod@file`]). When
-//! the source fails later, the last good data stays; [`Store::status`] counts errors and
-//! [`Store::staleness`] grows until the source is back.
+//! [`start`] returns at once and never fails because the source is down. The snapshot is
+//! *loaded* only once both the apps and this month's usage have been read
+//! ([`Snapshot::apps_loaded`], [`Snapshot::usage_loaded`]): apps without usage would let
+//! accounts over their quota through. Until then `loaded() == false` (the verdict answers
+//! 503, `edgeguard authz` is not ready, the store feed answers 503) and the store retries
+//! with backoff (1 s doubling to 30 s). With Postgres, a database without the usage table
+//! (migration 0002) therefore never becomes ready. If `snapshot_file` is set and readable, it
+//! stands in for what the source has not loaded: the whole file when no apps were read
+//! ([`Origin::SnapshotFile`]), only its usage when the apps were read but the usage was not
+//! (e.g. Postgres died between the two). The file is only written from a loaded snapshot (so
+//! it always carries usage), atomically (key digests only, see [`mod@file`]), after each full
+//! load or usage refresh that changed the data. When the source fails later, the last good
+//! data stays; [`Store::status`] counts errors and [`Store::staleness`] grows until the
+//! source is back.
 //!
 //! # Metrics
 //!

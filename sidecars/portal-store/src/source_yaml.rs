@@ -110,7 +110,7 @@ impl YamlWatcher {
         // report a given bad content (or a given read error) once, not at every poll
         let repeat = self.last_error.as_deref() == Some(message.as_str()) && self.last_hash == hash;
         if !repeat {
-            let loaded = shared.current().loaded;
+            let loaded = shared.current().is_loaded();
             tracing::error!(error = %message, keeping_last_good = loaded, "portal apps file rejected");
             shared
                 .observer
@@ -224,7 +224,7 @@ impl YamlWatcher {
 
     /// Serves the last-good snapshot file once, if nothing was ever loaded.
     async fn fallback(&mut self) {
-        if self.tried_file || self.publisher.shared.current().loaded {
+        if self.tried_file || self.publisher.shared.current().is_loaded() {
             return;
         }
         self.tried_file = true;
