@@ -27,6 +27,7 @@ pub struct Metrics {
     pub store_loaded: IntGauge,
     pub store_version: IntGauge,
     pub notifications: IntCounterVec,
+    pub store_feed_requests: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -113,6 +114,13 @@ impl Metrics {
                 ),
                 &["table"],
             )?,
+            store_feed_requests: IntCounterVec::new(
+                opts(
+                    "edgeguard_store_feed_requests_total",
+                    "Requests to the store feed (/store/v1/snapshot) by result",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.auth_requests.clone()))?;
@@ -128,6 +136,8 @@ impl Metrics {
         m.registry.register(Box::new(m.store_loaded.clone()))?;
         m.registry.register(Box::new(m.store_version.clone()))?;
         m.registry.register(Box::new(m.notifications.clone()))?;
+        m.registry
+            .register(Box::new(m.store_feed_requests.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
