@@ -207,6 +207,44 @@ impl CheckClient {
             .map_err(|e| e.to_string())
     }
 
+    /// Sends every request, `concurrency` at a time on the one connection; the status of
+    /// each verdict in order (0 for a gRPC error).
+    pub fn statuses(&mut self, requests: Vec<CheckRequest>, concurrency: usize) -> Vec<u16> {
+        let n = requests.len();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(
+            requests.into_iter().enumerate().collect::<Vec<_>>(),
+        ));
+        let client = self.client.clone();
+        self.rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency.max(1) {
+                let queue = queue.clone();
+                let mut client = client.clone();
+                tasks.spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                        let Some((i, req)) = next else { break };
+                        let status = client
+                            .check(req)
+                            .await
+                            .map(|r| response_status(r.get_ref()))
+                            .unwrap_or(0);
+                        out.push((i, status));
+                    }
+                    out
+                });
+            }
+            let mut all = vec![0u16; n];
+            while let Some(Ok(part)) = tasks.join_next().await {
+                for (i, status) in part {
+                    all[i] = status;
+                }
+            }
+            all
+        })
+    }
+
     /// The HTTP status of the verdict for app `app` (in `Portal-Application-ID`) with the
     /// key `key` in `Authorization` (`""`: none): 200, or the denied status.
     pub fn status(&mut self, app: &str, key: &str) -> Result<u16, String> {

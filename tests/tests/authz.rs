@@ -165,7 +165,9 @@ fn every_verdict_over_grpcurl_is_peas_compatible() {
     // PEAS's metrics with PEAS's labels
     let m = a.metrics();
     assert!(metric_value(&m, "peas_auth_requests_total") >= 20.0, "{m}");
-    assert!(m.contains(r#"peas_auth_requests_total{account_id="",error_type="portal_app_not_found",portal_app_id="nope",status="denied"}"#), "{m}");
+    // an id the store does not have is labelled "unknown", never with the client's value
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="",error_type="portal_app_not_found",portal_app_id="unknown",status="denied"}"#), "{m}");
+    assert!(!m.contains(r#"portal_app_id="nope""#), "{m}");
     assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="",portal_app_id="app_keyed",status="authorized"}"#), "{m}");
     assert!(m.contains(r#"peas_rate_limit_checks_total{account_id="acc_over",decision="rate_limited",plan_type="PLAN_FREE"}"#), "{m}");
     assert!(
@@ -789,4 +791,58 @@ fn the_store_feed_requires_the_bearer_token() {
         verdict_status(&off.check("/v1/app_keyed", &[("authorization", "sk_live_123")])),
         200
     );
+}
+
+/// 50,000 requests naming 50,000 different made-up app ids (and as many made-up keys) share
+/// one `portal_app_id="unknown"` label value: `/metrics` stays under 256 KiB, and the next
+/// good Check still works.
+#[test]
+fn made_up_app_ids_do_not_grow_the_metrics() {
+    const LIMIT: usize = 256 * 1024;
+    const IDS: usize = 50_000;
+    let pg = Postgres::start();
+    seed(&pg, true);
+    let a = start_authz(&pg, &[]);
+    let mut client = CheckClient::new(&a.addr());
+    assert_eq!(client.status("app_keyed", "sk_live_123"), Ok(200));
+    assert_eq!(client.status("app_keyed", "wrong"), Ok(401));
+    assert_eq!(client.status("app_over", ""), Ok(429));
+    let before = a.metrics().len();
+
+    let requests: Vec<_> = (0..IDS)
+        .map(|i| {
+            edgeguard_tests::bench_authz::check_request(
+                &format!("made-up-app-{i:06}"),
+                &format!("made-up-key-{i}"),
+            )
+        })
+        .collect();
+    let statuses = client.statuses(requests, 16);
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "every made-up id is a 404"
+    );
+
+    let m = a.metrics();
+    println!(
+        "/metrics: {before} bytes before, {} after {IDS} made-up ids",
+        m.len()
+    );
+    assert!(m.len() < LIMIT, "/metrics is {} bytes", m.len());
+    assert!(
+        !m.contains("made-up-"),
+        "a client-sent id became a label value"
+    );
+    assert!(
+        m.contains(&format!(
+            r#"peas_auth_requests_total{{account_id="",error_type="portal_app_not_found",portal_app_id="unknown",status="denied"}} {IDS}"#
+        )),
+        "{m}"
+    );
+    // store ids are still labelled as themselves, and the service answers as before
+    assert_eq!(client.status("app_keyed", "sk_live_123"), Ok(200));
+    assert_eq!(client.status("app_over", ""), Ok(429));
+    let m = a.metrics();
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="",portal_app_id="app_keyed",status="authorized"} 2"#), "{m}");
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="unauthorized",portal_app_id="app_keyed",status="denied"} 1"#), "{m}");
 }

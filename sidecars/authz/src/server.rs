@@ -99,26 +99,33 @@ impl store::StoreObserver for Observer {
         let m = &self.0;
         let mut over = 0i64;
         let mut limited = 0i64;
+        let mut usage_series = Vec::with_capacity(summary.len());
+        let mut limited_series = Vec::new();
         for a in summary {
             let limit = a.limit.to_string();
-            m.account_usage
-                .with_label_values(&[&a.account_id, &a.plan, &limit])
-                .set(a.usage as f64);
             if a.usage >= edgeguard_verdict::portal::FREE_MONTHLY_RELAYS {
                 over += 1;
             }
             if a.limited {
                 limited += 1;
-                m.rate_limited_accounts
-                    .with_label_values(&[
-                        &a.account_id,
-                        &a.plan,
-                        &format!("{:.2}", a.usage as f64),
-                        &limit,
-                    ])
-                    .set(a.usage as f64);
+                limited_series.push((
+                    vec![
+                        a.account_id.clone(),
+                        a.plan.clone(),
+                        format!("{:.2}", a.usage as f64),
+                        limit.clone(),
+                    ],
+                    a.usage as f64,
+                ));
             }
+            usage_series.push((
+                vec![a.account_id.clone(), a.plan.clone(), limit],
+                a.usage as f64,
+            ));
         }
+        // one series per account as of now: old usage values, plans and limits are removed
+        m.account_usage.replace(usage_series);
+        m.rate_limited_accounts.replace(limited_series);
         m.store_size
             .with_label_values(&["accounts_over_monthly_limit"])
             .set(over);
@@ -128,7 +135,10 @@ impl store::StoreObserver for Observer {
     }
 
     fn notification(&self, table: &str) {
-        self.0.notifications.with_label_values(&[table]).inc();
+        self.0
+            .notifications
+            .with_label_values(&[crate::metrics::notification_table_label(table)])
+            .inc();
     }
 }
 
