@@ -299,6 +299,19 @@ fn refuses_an_inconsistent_file_and_keeps_serving_the_last_good_one() {
             }),
             "nodes[0].upstreams[1].name: duplicate upstream name 'a'",
         ),
+        // hostile YAML is refused before it is parsed (it used to block reloads for ~20 s)
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("deep: {}\n", "[".repeat(100_000))),
+            "invalid YAML: nested more than 64 levels deep at line",
+        ),
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("deep: {}\n", "{a: ".repeat(100_000))),
+            "invalid YAML: nested more than 64 levels deep at line",
+        ),
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("# {}\n", "x".repeat(17 << 20))),
+            "bytes, more than the limit of 16777216 bytes",
+        ),
     ];
     for (n, (edit, want)) in cases.iter().enumerate() {
         let mut c = Cfg::new(echo.port);
