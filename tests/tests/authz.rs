@@ -580,7 +580,9 @@ fn db_less_yaml_is_hot_reloaded() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(verdict_status(&a.check(&format!("/v1/{first}"), &[])), 200);
     // a good edit is applied
-    std::fs::write(&file, "accounts:\n  - id: acc_x\n    plan: PLAN_FREE\napps:\n  - id: only_app\n    account: acc_x\n").unwrap();
+    let tmp = dir.path().join("apps.yaml.tmp");
+    std::fs::write(&tmp, "accounts:\n  - id: acc_x\n    plan: PLAN_FREE\napps:\n  - id: only_app\n    account: acc_x\n    public: true\n...\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
     eventually("yaml reload", Duration::from_secs(5), || {
         verdict_status(&a.check("/v1/only_app", &[])) == 200
     });
