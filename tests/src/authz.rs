@@ -3,11 +3,19 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use serde_json::{json, Value};
 
 use crate::http;
 use crate::postgres::Postgres;
 use crate::process::{free_port, wait_for_port, Proc};
+
+/// The store feed token every `edgeguard authz` the harness starts gets
+/// (`EDGEGUARD_STORE_TOKEN`) unless the test sets the variable itself: portal-auth filters
+/// in tests send it (`Authorization: Bearer <STORE_TOKEN>`).
+pub const STORE_TOKEN: &str = "edgeguard-test-store-token-0123456789abcdef";
 
 /// A running `edgeguard authz`.
 pub struct Authz {
@@ -18,7 +26,9 @@ pub struct Authz {
 }
 
 impl Authz {
-    /// Starts it with `env` on top of free ports, loopback, text logs at debug level.
+    /// Starts it with `env` on top of free ports, loopback, text logs at debug level and
+    /// `EDGEGUARD_STORE_TOKEN=`[`STORE_TOKEN`] (unless `env` sets it; an empty value leaves it
+    /// unset: the store feed is off).
     pub fn start(env: &[(&str, &str)]) -> Authz {
         let dir = tempfile::tempdir().expect("tempdir");
         // PORT / METRICS_PORT in `env` win (a restart on the same ports)
@@ -37,9 +47,14 @@ impl Authz {
             .env("METRICS_PORT", metrics_port.to_string())
             .env("LISTEN_ADDRESS", "127.0.0.1")
             .env("LOG_FORMAT", "text")
-            .env("LOGGER_LEVEL", "debug");
+            .env("LOGGER_LEVEL", "debug")
+            .env("EDGEGUARD_STORE_TOKEN", STORE_TOKEN);
         for (k, v) in env {
-            cmd.env(k, v);
+            if *k == "EDGEGUARD_STORE_TOKEN" && v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let proc = Proc::spawn("edgeguard authz", cmd, &dir.path().join("authz.log"));
         let mut a = Authz {
@@ -73,6 +88,22 @@ impl Authz {
 
     pub fn metrics(&self) -> String {
         self.http("/metrics").body
+    }
+
+    /// GET `/store/v1/snapshot` (`?since=...` in `query`) with `Authorization: Bearer
+    /// <token>` when a token is given.
+    pub fn store_feed(&self, query: &str, token: Option<&str>) -> http::Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        http::get(
+            self.metrics_port,
+            &format!("/store/v1/snapshot{query}"),
+            &headers,
+        )
+        .unwrap_or_else(|e| panic!("GET /store/v1/snapshot: {e}"))
     }
 
     /// Waits for /readyz to answer 200.
@@ -139,6 +170,102 @@ impl Authz {
     }
 }
 
+/// A direct gRPC Check client (tonic, one HTTP/2 connection) for tests that send many
+/// requests or poll without pause; grpcurl starts a process per call.
+pub struct CheckClient {
+    rt: tokio::runtime::Runtime,
+    client: AuthorizationClient<tonic::transport::Channel>,
+}
+
+impl CheckClient {
+    /// A client of `addr` (`host:port`); connects on first use and reconnects as needed.
+    pub fn new(addr: &str) -> CheckClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5));
+        let channel = {
+            let _guard = rt.enter();
+            endpoint.connect_lazy()
+        };
+        CheckClient {
+            rt,
+            client: AuthorizationClient::new(channel),
+        }
+    }
+
+    /// Sends `request`; the response, or the gRPC error as text.
+    pub fn send(&mut self, request: CheckRequest) -> Result<CheckResponse, String> {
+        let client = &mut self.client;
+        self.rt
+            .block_on(client.check(request))
+            .map(|r| r.into_inner())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends every request, `concurrency` at a time on the one connection; the status of
+    /// each verdict in order (0 for a gRPC error).
+    pub fn statuses(&mut self, requests: Vec<CheckRequest>, concurrency: usize) -> Vec<u16> {
+        let n = requests.len();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(
+            requests.into_iter().enumerate().collect::<Vec<_>>(),
+        ));
+        let client = self.client.clone();
+        self.rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency.max(1) {
+                let queue = queue.clone();
+                let mut client = client.clone();
+                tasks.spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                        let Some((i, req)) = next else { break };
+                        let status = client
+                            .check(req)
+                            .await
+                            .map(|r| response_status(r.get_ref()))
+                            .unwrap_or(0);
+                        out.push((i, status));
+                    }
+                    out
+                });
+            }
+            let mut all = vec![0u16; n];
+            while let Some(Ok(part)) = tasks.join_next().await {
+                for (i, status) in part {
+                    all[i] = status;
+                }
+            }
+            all
+        })
+    }
+
+    /// The HTTP status of the verdict for app `app` (in `Portal-Application-ID`) with the
+    /// key `key` in `Authorization` (`""`: none): 200, or the denied status.
+    pub fn status(&mut self, app: &str, key: &str) -> Result<u16, String> {
+        let r = self.send(crate::bench_authz::check_request(app, key))?;
+        Ok(response_status(&r))
+    }
+}
+
+/// The HTTP status a CheckResponse carries: 200 for OK, else the denied status.
+pub fn response_status(r: &CheckResponse) -> u16 {
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d
+            .status
+            .as_ref()
+            .and_then(|s| u16::try_from(s.code).ok())
+            .unwrap_or(403),
+        _ => 0,
+    }
+}
+
 /// The HTTP status code a Check verdict carries: 200 for OK, else the denied status.
 pub fn verdict_status(v: &Value) -> u16 {
     if v.get("okResponse").is_some() {
@@ -186,19 +313,27 @@ pub fn verdict_headers(v: &Value) -> Vec<(String, String)> {
 /// Grove schema, our usage table and (optionally) the NOTIFY triggers, then the test rows:
 /// a public free app, a keyed unlimited app (`sk_live_123`), an over-quota free app, an app
 /// without account, a key-required-but-missing app, a deleted app and an app whose key has a
-/// quote.
+/// quote. All in one transaction: a store polling meanwhile sees all of it or nothing.
 pub fn seed(pg: &Postgres, with_triggers: bool) {
+    pg.psql(&format!("BEGIN;\n{}\nCOMMIT;\n", seed_sql(with_triggers)));
+}
+
+/// The SQL of [`seed`], without the transaction around it.
+pub fn seed_sql(with_triggers: bool) -> String {
+    let mut sql = String::new();
     for f in ["0001_grove_schema.sql", "0002_account_monthly_usage.sql"] {
-        pg.psql(&crate::tools::repo_file(&format!(
+        sql.push_str(&crate::tools::repo_file(&format!(
             "sidecars/portal-store/migrations/{f}"
         )));
+        sql.push('\n');
     }
     if with_triggers {
-        pg.psql(&crate::tools::repo_file(
+        sql.push_str(&crate::tools::repo_file(
             "sidecars/portal-store/migrations/0003_change_notify.sql",
         ));
+        sql.push('\n');
     }
-    pg.psql(
+    sql.push_str(
         "INSERT INTO accounts (id, plan_type, monthly_user_limit) VALUES
            ('acc_free', 'PLAN_FREE', NULL), ('acc_unl', 'PLAN_UNLIMITED', 40000000),
            ('acc_over', 'PLAN_FREE', 0), ('acc_null', NULL, NULL);
@@ -213,4 +348,5 @@ pub fn seed(pg: &Postgres, with_triggers: bool) {
            ('acc_over', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1500000),
            ('acc_free', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1000000);",
     );
+    sql
 }

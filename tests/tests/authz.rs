@@ -2,10 +2,15 @@
 //! grpcurl exactly as PEAS documents it, and through Envoy's ext_authz filter.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use edgeguard_tests::authz::{seed, verdict_body, verdict_headers, verdict_status, Authz};
+use edgeguard_tests::authz::{
+    seed, seed_sql, verdict_body, verdict_headers, verdict_status, Authz, CheckClient, STORE_TOKEN,
+};
 use edgeguard_tests::envoy::{grpc_cluster, metric_value, Envoy, EnvoyConfig};
+use edgeguard_tests::http;
 use edgeguard_tests::postgres::Postgres;
 use edgeguard_tests::process::{eventually, free_port, Echo};
 use edgeguard_tests::tools;
@@ -160,7 +165,9 @@ fn every_verdict_over_grpcurl_is_peas_compatible() {
     // PEAS's metrics with PEAS's labels
     let m = a.metrics();
     assert!(metric_value(&m, "peas_auth_requests_total") >= 20.0, "{m}");
-    assert!(m.contains(r#"peas_auth_requests_total{account_id="",error_type="portal_app_not_found",portal_app_id="nope",status="denied"}"#), "{m}");
+    // an id the store does not have is labelled "unknown", never with the client's value
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="",error_type="portal_app_not_found",portal_app_id="unknown",status="denied"}"#), "{m}");
+    assert!(!m.contains(r#"portal_app_id="nope""#), "{m}");
     assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="",portal_app_id="app_keyed",status="authorized"}"#), "{m}");
     assert!(m.contains(r#"peas_rate_limit_checks_total{account_id="acc_over",decision="rate_limited",plan_type="PLAN_FREE"}"#), "{m}");
     assert!(
@@ -529,10 +536,28 @@ fn bad_settings_stop_startup_naming_the_variable() {
             "POSTGRES_CONNECTION_STRING must look like",
         ),
         (vec![], "set POSTGRES_CONNECTION_STRING"),
+        (
+            vec![
+                ("POSTGRES_CONNECTION_STRING", pg),
+                ("EDGEGUARD_STORE_TOKEN", "tooshort-s3cret"),
+            ],
+            "EDGEGUARD_STORE_TOKEN (--store-token) must be at least 32 bytes, it has 15",
+        ),
+        (
+            vec![
+                ("POSTGRES_CONNECTION_STRING", pg),
+                (
+                    "EDGEGUARD_STORE_TOKEN",
+                    "s3cret s3cret s3cret s3cret s3cret",
+                ),
+            ],
+            "must be printable ASCII without spaces",
+        ),
     ] {
         let (code, err) = run(&env);
         assert!(matches!(code, Some(c) if c != 0), "{env:?} started");
         assert!(err.contains(needle), "{env:?}: {err}");
+        assert!(!err.contains("s3cret"), "a token in the error: {err}");
     }
 }
 
@@ -555,10 +580,271 @@ fn db_less_yaml_is_hot_reloaded() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(verdict_status(&a.check(&format!("/v1/{first}"), &[])), 200);
     // a good edit is applied
-    std::fs::write(&file, "accounts:\n  - id: acc_x\n    plan: PLAN_FREE\napps:\n  - id: only_app\n    account: acc_x\n").unwrap();
+    let tmp = dir.path().join("apps.yaml.tmp");
+    std::fs::write(&tmp, "accounts:\n  - id: acc_x\n    plan: PLAN_FREE\napps:\n  - id: only_app\n    account: acc_x\n    public: true\n...\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
     eventually("yaml reload", Duration::from_secs(5), || {
         verdict_status(&a.check("/v1/only_app", &[])) == 200
     });
     assert_eq!(verdict_status(&a.check(&format!("/v1/{first}"), &[])), 404);
     assert!(metric_value(&a.metrics(), "peas_data_source_refresh_errors_total") >= 1.0);
+}
+
+/// Polls Check for `app` on `addr` without pause until `stop`; every status seen, in order
+/// (0: no answer yet).
+fn poll_statuses(
+    addr: String,
+    app: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u16>> {
+    std::thread::spawn(move || {
+        let mut client = CheckClient::new(&addr);
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            seen.push(client.status(app, "").unwrap_or(0));
+        }
+        seen
+    })
+}
+
+/// A cold start with Postgres coming up late, polled without pause the whole time: an
+/// account over its monthly quota never gets 200. Two services start before Postgres: one
+/// that can read everything (apps and usage load close together), and one whose role may not
+/// read the usage table at first (apps load, usage does not: the window in which usage is
+/// still missing, or Postgres died between the two loads, made deterministic). The second
+/// stays not ready (health NOT_SERVING, /readyz and the store feed 503, Check 503) until usage
+/// is readable.
+#[test]
+fn over_quota_is_never_allowed_across_a_cold_start() {
+    let port = free_port();
+    let full_url = format!("postgres://postgres@127.0.0.1:{port}/edgeguard");
+    let ro_url = format!("postgres://store_ro@127.0.0.1:{port}/edgeguard");
+    let fast = [
+        ("PORTAL_APP_STORE_REFRESH_INTERVAL", "1s"),
+        ("RATE_LIMIT_STORE_REFRESH_INTERVAL", "1s"),
+    ];
+    let mut env_full = vec![("POSTGRES_CONNECTION_STRING", full_url.as_str())];
+    env_full.extend_from_slice(&fast);
+    let mut env_ro = vec![("POSTGRES_CONNECTION_STRING", ro_url.as_str())];
+    env_ro.extend_from_slice(&fast);
+    let full = Authz::start(&env_full);
+    let ro = Authz::start(&env_ro);
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = [
+        poll_statuses(full.addr(), "app_over", stop.clone()),
+        poll_statuses(ro.addr(), "app_over", stop.clone()),
+    ];
+    eventually(
+        "not serving before Postgres",
+        Duration::from_secs(5),
+        || full.health("") == "NOT_SERVING" && ro.health("") == "NOT_SERVING",
+    );
+
+    let pg = Postgres::start_on(port);
+    // schema and data in one transaction (the store sees all of it or nothing); store_ro may
+    // read the apps but not the usage
+    pg.psql(&format!(
+        "CREATE ROLE store_ro LOGIN;\nBEGIN;\n{}\n\
+         GRANT SELECT ON accounts, portal_applications, portal_application_settings TO store_ro;\n\
+         COMMIT;\n",
+        seed_sql(true)
+    ));
+    assert!(
+        full.wait_ready(Duration::from_secs(30)),
+        "never ready:\n{}",
+        full.log()
+    );
+    let mut client = CheckClient::new(&full.addr());
+    assert_eq!(client.status("app_over", ""), Ok(429));
+    assert_eq!(client.status("app_public", ""), Ok(200));
+
+    // apps loaded, usage not: not ready anywhere it shows
+    eventually("apps loaded without usage", Duration::from_secs(30), || {
+        let r = ro.http("/readyz");
+        let v = r.json();
+        r.status == 503 && v["apps_loaded"] == true && v["usage_loaded"] == false
+    });
+    eventually("usage errors counted", Duration::from_secs(10), || {
+        ro.metrics().lines().any(|l| {
+                l.starts_with("peas_data_source_refresh_errors_total{error_type=\"postgres_error\",source_type=\"rate_limit_store\"}")
+                    && !l.ends_with(" 0")
+            })
+    });
+    assert_eq!(ro.health(""), "NOT_SERVING");
+    assert_eq!(
+        ro.health("envoy.service.auth.v3.Authorization"),
+        "NOT_SERVING"
+    );
+    let feed = ro.store_feed("", Some(STORE_TOKEN));
+    assert_eq!(feed.status, 503, "{}", feed.body);
+    let mut ro_client = CheckClient::new(&ro.addr());
+    assert_eq!(ro_client.status("app_over", ""), Ok(503));
+    assert_eq!(ro_client.status("app_public", ""), Ok(503));
+
+    // usage readable: ready, and the quota holds
+    pg.psql("GRANT SELECT ON account_monthly_usage TO store_ro");
+    assert!(ro.wait_ready(Duration::from_secs(30)), "{}", ro.log());
+    eventually("health SERVING", Duration::from_secs(5), || {
+        ro.health("") == "SERVING"
+    });
+    assert_eq!(ro_client.status("app_over", ""), Ok(429));
+    assert_eq!(ro_client.status("app_public", ""), Ok(200));
+
+    stop.store(true, Ordering::Relaxed);
+    for (name, poll) in ["full", "ro"].into_iter().zip(polls) {
+        let seen = poll.join().unwrap();
+        assert!(
+            !seen.contains(&200),
+            "{name}: an over-quota account got 200 during the start"
+        );
+        assert!(seen.len() > 50, "{name}: only {} polls", seen.len());
+        assert!(seen.contains(&503) && seen.ends_with(&[429]), "{name}");
+    }
+}
+
+/// `/store/v1/snapshot` lists every app and account with key digests: only a request with
+/// `Authorization: Bearer <EDGEGUARD_STORE_TOKEN>` gets it (401 with `WWW-Authenticate:
+/// Bearer` otherwise), and without a configured token the feed is off (404 saying how to
+/// enable it).
+#[test]
+fn the_store_feed_requires_the_bearer_token() {
+    let pg = Postgres::start();
+    seed(&pg, true);
+    let a = start_authz(&pg, &[]);
+    let full = a.store_feed("", Some(STORE_TOKEN));
+    assert_eq!(full.status, 200, "{}", full.body);
+    assert_eq!(
+        full.header("content-type"),
+        Some("application/x-edgeguard-portal-update")
+    );
+    assert!(full.body.contains("app_keyed"));
+    // the scheme is case-insensitive (RFC 7235); nothing changed since the current version
+    let version = a.http("/readyz").json()["version"].as_u64().unwrap();
+    let lower = format!("bearer {STORE_TOKEN}");
+    let r = http::get(
+        a.metrics_port,
+        &format!("/store/v1/snapshot?since={version}"),
+        &[("authorization", &lower)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 304);
+
+    let longer = format!("{STORE_TOKEN}x");
+    let shorter = &STORE_TOKEN[..STORE_TOKEN.len() - 1];
+    let basic = format!("Basic {STORE_TOKEN}");
+    let bare = STORE_TOKEN.to_string();
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Bearer "),
+        Some(longer.as_str()),
+        Some(shorter),
+    ] {
+        let r = a.store_feed("", auth);
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.body);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Bearer")),
+            "{auth:?}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.json()["error"], "unauthorized");
+        assert!(!r.body.contains("app_keyed"));
+    }
+    for raw in [basic.as_str(), bare.as_str()] {
+        let r = http::get(
+            a.metrics_port,
+            "/store/v1/snapshot",
+            &[("authorization", raw)],
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{raw}");
+    }
+    let m = a.metrics();
+    assert!(
+        m.contains(r#"edgeguard_store_feed_requests_total{result="unauthorized"} 7"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"edgeguard_store_feed_requests_total{result="full"} 1"#),
+        "{m}"
+    );
+    // the next good request still works; the token never reaches the log
+    assert_eq!(a.store_feed("", Some(STORE_TOKEN)).status, 200);
+    assert!(!a.log().contains(STORE_TOKEN));
+
+    // no token configured: the feed is off, whatever the request sends
+    let off = start_authz(&pg, &[("EDGEGUARD_STORE_TOKEN", "")]);
+    for auth in [None, Some(STORE_TOKEN)] {
+        let r = off.store_feed("", auth);
+        assert_eq!(r.status, 404, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["error"], "disabled");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("set EDGEGUARD_STORE_TOKEN"),
+            "{v}"
+        );
+    }
+    // the rest of the service is unaffected
+    assert_eq!(
+        verdict_status(&off.check("/v1/app_keyed", &[("authorization", "sk_live_123")])),
+        200
+    );
+}
+
+/// 50,000 requests naming 50,000 different made-up app ids (and as many made-up keys) share
+/// one `portal_app_id="unknown"` label value: `/metrics` stays under 256 KiB, and the next
+/// good Check still works.
+#[test]
+fn made_up_app_ids_do_not_grow_the_metrics() {
+    const LIMIT: usize = 256 * 1024;
+    const IDS: usize = 50_000;
+    let pg = Postgres::start();
+    seed(&pg, true);
+    let a = start_authz(&pg, &[]);
+    let mut client = CheckClient::new(&a.addr());
+    assert_eq!(client.status("app_keyed", "sk_live_123"), Ok(200));
+    assert_eq!(client.status("app_keyed", "wrong"), Ok(401));
+    assert_eq!(client.status("app_over", ""), Ok(429));
+    let before = a.metrics().len();
+
+    let requests: Vec<_> = (0..IDS)
+        .map(|i| {
+            edgeguard_tests::bench_authz::check_request(
+                &format!("made-up-app-{i:06}"),
+                &format!("made-up-key-{i}"),
+            )
+        })
+        .collect();
+    let statuses = client.statuses(requests, 16);
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "every made-up id is a 404"
+    );
+
+    let m = a.metrics();
+    println!(
+        "/metrics: {before} bytes before, {} after {IDS} made-up ids",
+        m.len()
+    );
+    assert!(m.len() < LIMIT, "/metrics is {} bytes", m.len());
+    assert!(
+        !m.contains("made-up-"),
+        "a client-sent id became a label value"
+    );
+    assert!(
+        m.contains(&format!(
+            r#"peas_auth_requests_total{{account_id="",error_type="portal_app_not_found",portal_app_id="unknown",status="denied"}} {IDS}"#
+        )),
+        "{m}"
+    );
+    // store ids are still labelled as themselves, and the service answers as before
+    assert_eq!(client.status("app_keyed", "sk_live_123"), Ok(200));
+    assert_eq!(client.status("app_over", ""), Ok(429));
+    let m = a.metrics();
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="",portal_app_id="app_keyed",status="authorized"} 2"#), "{m}");
+    assert!(m.contains(r#"peas_auth_requests_total{account_id="acc_unl",error_type="unauthorized",portal_app_id="app_keyed",status="denied"} 1"#), "{m}");
 }

@@ -127,6 +127,16 @@ fn status_of(port: u16, path: &str) -> (u16, String) {
     xds::get(port, path, &[]).map_or((0, String::new()), |r| (r.status, r.body))
 }
 
+/// The first object (depth first) that has `key`.
+fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(m) if m.contains_key(key) => Some(v),
+        Value::Object(m) => m.values().find_map(|x| find_key(x, key)),
+        Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}
+
 #[test]
 fn serves_the_demo_over_ads_and_applies_edits_within_2s() {
     let echo = Echo::start();
@@ -150,6 +160,21 @@ fn serves_the_demo_over_ads_and_applies_edits_within_2s() {
     );
     let r = shape(cfg.listen, Some(&t)).unwrap();
     assert_eq!(r.echoed("x-edgeguard-sub").as_deref(), Some("user-1"));
+    // Envoy took the wasm filter with a VM that is reloaded (with backoff) when it fails
+    let dump: Value = serde_json::from_str(
+        &xds::get(envoy.admin_port, "/config_dump?resource=ecds_filters", &[])
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let plugin = find_key(&dump, "failure_policy")
+        .unwrap_or_else(|| panic!("no wasm plugin config in Envoy's config dump: {dump}"));
+    assert_eq!(plugin["failure_policy"], "FAIL_RELOAD", "{plugin}");
+    assert_eq!(
+        plugin["reload_config"],
+        json!({"backoff": {"base_interval": "1s", "max_interval": "10s"}}),
+        "{plugin}"
+    );
     assert_eq!(shape(cfg.listen, None).unwrap().status, 401);
     assert!(envoy.stat("extension_config_discovery.http_filter.jwt-shape.config_reload") >= 1);
     assert_eq!(envoy.stat("control_plane.connected_state"), 1);
@@ -273,6 +298,19 @@ fn refuses_an_inconsistent_file_and_keeps_serving_the_last_good_one() {
                 c.extra = "  - { match: { prefix: /x }, upstream: electric }\nnodes:\n  - node: edge-b\n    upstreams: [{ name: a, endpoints: [\"127.0.0.1:1\"] }, { name: a, endpoints: [\"127.0.0.1:2\"] }]\n".into()
             }),
             "nodes[0].upstreams[1].name: duplicate upstream name 'a'",
+        ),
+        // hostile YAML is refused before it is parsed (it used to block reloads for ~20 s)
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("deep: {}\n", "[".repeat(100_000))),
+            "invalid YAML: nested more than 64 levels deep at line",
+        ),
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("deep: {}\n", "{a: ".repeat(100_000))),
+            "invalid YAML: nested more than 64 levels deep at line",
+        ),
+        (
+            Box::new(|c: &mut Cfg| c.extra = format!("# {}\n", "x".repeat(17 << 20))),
+            "bytes, more than the limit of 16777216 bytes",
         ),
     ];
     for (n, (edit, want)) in cases.iter().enumerate() {

@@ -61,6 +61,57 @@ fn postgres_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// The bearer token `/store/v1/snapshot` requires (`EDGEGUARD_STORE_TOKEN`). Parsed without
+/// validation so that clap never echoes it in an error; [`StoreToken::validate`] checks it at
+/// start with a message that does not contain it. Never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreToken(String);
+
+/// The shortest store token accepted: 32 bytes (e.g. `openssl rand -hex 32` gives 64).
+pub const MIN_STORE_TOKEN_BYTES: usize = 32;
+
+impl StoreToken {
+    pub fn new(token: impl Into<String>) -> StoreToken {
+        StoreToken(token.into())
+    }
+
+    /// The token, for comparison only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `None` when unset or empty (the feed is off); an error naming the variable when it
+    /// is too short or not a token (the message never contains it).
+    pub fn validate(token: Option<&StoreToken>) -> Result<Option<&StoreToken>, String> {
+        let Some(t) = token.filter(|t| !t.0.is_empty()) else {
+            return Ok(None);
+        };
+        if t.0.len() < MIN_STORE_TOKEN_BYTES {
+            return Err(format!(
+                "EDGEGUARD_STORE_TOKEN (--store-token) must be at least {MIN_STORE_TOKEN_BYTES} bytes, it has {}: generate one with `openssl rand -hex 32`",
+                t.0.len()
+            ));
+        }
+        if !t.0.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "EDGEGUARD_STORE_TOKEN (--store-token) must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`); check for a trailing newline"
+                    .into(),
+            );
+        }
+        Ok(Some(t))
+    }
+}
+
+impl std::fmt::Debug for StoreToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreToken(***)")
+    }
+}
+
+fn store_token(s: &str) -> Result<StoreToken, String> {
+    Ok(StoreToken(s.to_string()))
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -124,6 +175,12 @@ pub struct AuthzArgs {
     /// down at start.
     #[arg(long, env = "PORTAL_APP_SNAPSHOT_FILE")]
     pub snapshot_file: Option<PathBuf>,
+
+    /// Bearer token the store feed (`/store/v1/snapshot`, what portal-auth syncs from)
+    /// requires, at least 32 bytes; the same value goes to the portal-auth filters. Unset:
+    /// the feed is off (404). Prefer the environment: a flag shows in `ps`.
+    #[arg(long, env = "EDGEGUARD_STORE_TOKEN", value_parser = store_token, hide_env_values = true)]
+    pub store_token: Option<StoreToken>,
 }
 
 #[cfg(test)]
@@ -151,6 +208,22 @@ mod tests {
             .unwrap_err()
             .starts_with("PORT must be a port number"));
         assert!(p("70000").is_err());
+    }
+
+    #[test]
+    fn store_tokens() {
+        let ok = StoreToken::new("0123456789abcdef0123456789abcdef");
+        assert_eq!(StoreToken::validate(Some(&ok)), Ok(Some(&ok)));
+        assert_eq!(StoreToken::validate(None), Ok(None));
+        assert_eq!(StoreToken::validate(Some(&StoreToken::new(""))), Ok(None));
+        let short = StoreToken::new("s3cret-but-short");
+        let e = StoreToken::validate(Some(&short)).unwrap_err();
+        assert!(e.contains("at least 32 bytes, it has 16"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let newline = StoreToken::new("0123456789abcdef0123456789abcdef\n");
+        let e = StoreToken::validate(Some(&newline)).unwrap_err();
+        assert!(e.contains("trailing newline"), "{e}");
+        assert_eq!(format!("{ok:?}"), "StoreToken(***)");
     }
 
     #[test]

@@ -5,19 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use edgeguard_portal_store as store;
 use edgeguard_verdict::portal::{CheckOptions, PortalView};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
-use crate::config::{AuthzArgs, LogFormat};
+use crate::config::{AuthzArgs, LogFormat, StoreToken};
 use crate::metrics::Metrics;
 use crate::service::AuthzService;
 use crate::{StoreHandle, EXT_AUTHZ_DESCRIPTOR};
@@ -97,26 +99,33 @@ impl store::StoreObserver for Observer {
         let m = &self.0;
         let mut over = 0i64;
         let mut limited = 0i64;
+        let mut usage_series = Vec::with_capacity(summary.len());
+        let mut limited_series = Vec::new();
         for a in summary {
             let limit = a.limit.to_string();
-            m.account_usage
-                .with_label_values(&[&a.account_id, &a.plan, &limit])
-                .set(a.usage as f64);
             if a.usage >= edgeguard_verdict::portal::FREE_MONTHLY_RELAYS {
                 over += 1;
             }
             if a.limited {
                 limited += 1;
-                m.rate_limited_accounts
-                    .with_label_values(&[
-                        &a.account_id,
-                        &a.plan,
-                        &format!("{:.2}", a.usage as f64),
-                        &limit,
-                    ])
-                    .set(a.usage as f64);
+                limited_series.push((
+                    vec![
+                        a.account_id.clone(),
+                        a.plan.clone(),
+                        format!("{:.2}", a.usage as f64),
+                        limit.clone(),
+                    ],
+                    a.usage as f64,
+                ));
             }
+            usage_series.push((
+                vec![a.account_id.clone(), a.plan.clone(), limit],
+                a.usage as f64,
+            ));
         }
+        // one series per account as of now: old usage values, plans and limits are removed
+        m.account_usage.replace(usage_series);
+        m.rate_limited_accounts.replace(limited_series);
         m.store_size
             .with_label_values(&["accounts_over_monthly_limit"])
             .set(over);
@@ -126,7 +135,10 @@ impl store::StoreObserver for Observer {
     }
 
     fn notification(&self, table: &str) {
-        self.0.notifications.with_label_values(&[table]).inc();
+        self.0
+            .notifications
+            .with_label_values(&[crate::metrics::notification_table_label(table)])
+            .inc();
     }
 }
 
@@ -135,6 +147,8 @@ struct Http {
     metrics: Arc<Metrics>,
     store: Arc<store::Store>,
     image_tag: String,
+    /// SHA-256 of the store feed's bearer token; `None`: the feed is off.
+    store_token: Option<[u8; 32]>,
 }
 
 async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
@@ -155,8 +169,11 @@ async fn healthz(State(s): State<Http>) -> impl IntoResponse {
 async fn readyz(State(s): State<Http>) -> impl IntoResponse {
     let snap = s.store.snapshot();
     let staleness = s.store.staleness().map(|d| d.as_secs_f64());
+    // ready = apps *and* this month's usage loaded (quotas cannot be enforced without usage)
     let body = serde_json::json!({
         "ready": snap.loaded(),
+        "apps_loaded": snap.apps_loaded(),
+        "usage_loaded": snap.usage_loaded(),
         "version": snap.version(),
         "staleness_seconds": staleness,
     });
@@ -172,38 +189,124 @@ async fn readyz(State(s): State<Http>) -> impl IntoResponse {
     )
 }
 
-#[derive(serde::Deserialize)]
-struct SinceQuery {
-    since: Option<u64>,
+/// The `since` of `?since=<version>` (0 when absent); `None` when it is not a number.
+fn since_param(query: Option<&str>) -> Option<u64> {
+    let mut since = 0;
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some(v) = pair.strip_prefix("since=") {
+            since = v.parse().ok()?;
+        }
+    }
+    Some(since)
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` (scheme case-insensitive)
+/// with the token whose SHA-256 is `expected`. Digests are compared in constant time, so
+/// neither the token's bytes nor its length show in the timing.
+fn bearer_ok(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    let Some((scheme, rest)) = value.split_at_checked(7) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let presented: [u8; 32] = Sha256::digest(rest.trim_ascii()).into();
+    presented.ct_eq(expected).into()
+}
+
+fn json_response(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    extra: Option<(header::HeaderName, &'static str)>,
+) -> axum::response::Response {
+    let body = serde_json::json!({"code": status.as_u16(), "error": error, "message": message});
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response();
+    if let Some((name, value)) = extra {
+        r.headers_mut()
+            .insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    r
 }
 
 /// The versioned store endpoint the portal-auth filter syncs from: the changes since
 /// `?since=<version>` (a full copy when the change log cannot answer), `304` when nothing
-/// changed, `503` before the first load. Carries key digests, never keys.
+/// changed, `503` before the store is loaded (apps and usage). It lists every app and
+/// account with key digests (never keys), so it requires `Authorization: Bearer <token>`
+/// (`EDGEGUARD_STORE_TOKEN`): `401` without it, and `404` when no token is configured.
 async fn store_snapshot(
     State(s): State<Http>,
-    Query(q): Query<SinceQuery>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> axum::response::Response {
+    let count = |result: &str| {
+        s.metrics
+            .store_feed_requests
+            .with_label_values(&[result])
+            .inc()
+    };
+    let Some(expected) = &s.store_token else {
+        count("disabled");
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "disabled",
+            "the store feed is disabled: set EDGEGUARD_STORE_TOKEN (at least 32 bytes) on edgeguard authz, and the same token on the portal-auth filters, to enable it",
+            None,
+        );
+    };
+    if !bearer_ok(&headers, expected) {
+        count("unauthorized");
+        tracing::debug!("store feed request without a valid bearer token");
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the store feed requires Authorization: Bearer <EDGEGUARD_STORE_TOKEN>",
+            Some((header::WWW_AUTHENTICATE, "Bearer realm=\"edgeguard-store\"")),
+        );
+    }
+    let Some(since) = since_param(query.as_deref()) else {
+        count("bad_request");
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "since must be a version number",
+            None,
+        );
+    };
     let snap = s.store.snapshot();
     if !snap.is_loaded() {
+        count("not_loaded");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "portal app store is not loaded yet\n",
         )
             .into_response();
     }
-    let since = q.since.unwrap_or(0);
     let update = crate::sync::update_since(&s.store, &snap, since);
     match update {
-        None => StatusCode::NOT_MODIFIED.into_response(),
-        Some(u) => (
-            [(
-                header::CONTENT_TYPE,
-                edgeguard_verdict::portal_wire::CONTENT_TYPE,
-            )],
-            u.encode(),
-        )
-            .into_response(),
+        None => {
+            count("not_modified");
+            StatusCode::NOT_MODIFIED.into_response()
+        }
+        Some(u) => {
+            count(if u.full { "full" } else { "delta" });
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    edgeguard_verdict::portal_wire::CONTENT_TYPE,
+                )],
+                u.encode(),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -247,6 +350,9 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
             ))
         }
     };
+    let store_token: Option<[u8; 32]> = StoreToken::validate(args.store_token.as_ref())
+        .map_err(AuthzError::Config)?
+        .map(|t| Sha256::digest(t.expose().as_bytes()).into());
     let grpc_addr = SocketAddr::new(args.listen_address, args.port);
     let http_addr = SocketAddr::new(args.listen_address, args.metrics_port);
     let grpc_listener = bind(grpc_addr).await?;
@@ -333,7 +439,19 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         metrics: metrics.clone(),
         store: store.clone(),
         image_tag: args.image_tag.clone(),
+        store_token,
     };
+    if store_token.is_some() {
+        info!(
+            path = edgeguard_verdict::portal_wire::PATH,
+            "store feed enabled (bearer token required)"
+        );
+    } else {
+        info!(
+            path = edgeguard_verdict::portal_wire::PATH,
+            "store feed disabled (set EDGEGUARD_STORE_TOKEN to enable it for portal-auth)"
+        );
+    }
     let app = axum::Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz).post(healthz).head(healthz))

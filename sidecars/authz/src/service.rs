@@ -136,6 +136,22 @@ pub fn denied_response(d: &Denial) -> CheckResponse {
     }
 }
 
+/// The `portal_app_id` label of requests whose app id is not in the store: every made-up id
+/// shares it, so label values come only from the store and stay bounded by it.
+pub const UNKNOWN_APP_LABEL: &str = "unknown";
+
+/// The `portal_app_id` label for the app id a request named: the id when the store has that
+/// app, [`UNKNOWN_APP_LABEL`] otherwise, `""` when the request named none (PEAS).
+pub fn app_label<'a>(view: &dyn portal::PortalView, id: &'a str) -> &'a str {
+    if id.is_empty() {
+        ""
+    } else if view.app(id).is_some() {
+        id
+    } else {
+        UNKNOWN_APP_LABEL
+    }
+}
+
 /// The Authorization service.
 pub struct AuthzService {
     pub store: Arc<dyn StoreHandle>,
@@ -206,12 +222,15 @@ impl AuthzService {
                     )
                 }
             };
+        // label values come from the store only (the account ids are the apps' own), never
+        // from the request: a client inventing ids cannot grow the metrics
+        let app_id = app_label(view, &app_id);
         let m = &self.metrics;
         m.auth_requests
-            .with_label_values(&[app_id.as_str(), account_id.as_str(), status, error_type])
+            .with_label_values(&[app_id, account_id.as_str(), status, error_type])
             .inc();
         m.auth_duration
-            .with_label_values(&[app_id.as_str(), status])
+            .with_label_values(&[app_id, status])
             .observe(started.elapsed().as_secs_f64());
         if let Some((account, plan, decision)) = rl {
             m.rate_limit_checks

@@ -72,6 +72,10 @@ pub struct StoreOptions {
     pub notify_max_batch: usize,
     /// How long the YAML watcher waits for a burst of file events to settle.
     pub file_debounce: Duration,
+    /// The YAML file is read only once its size and modification time have not changed for
+    /// this long (a file still being written is not read), and only if they did not change
+    /// while it was read.
+    pub file_settle: Duration,
     /// Timeout of one Postgres connection attempt.
     pub connect_timeout: Duration,
     /// Timeout of one query (the full load of every app included).
@@ -92,6 +96,7 @@ impl Default for StoreOptions {
             notify_debounce: Duration::from_millis(75),
             notify_max_batch: 10_000,
             file_debounce: Duration::from_millis(100),
+            file_settle: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(5),
             query_timeout: Duration::from_secs(120),
             retry_min: Duration::from_secs(1),

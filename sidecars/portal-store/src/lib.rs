@@ -14,9 +14,11 @@
 //!   `account_monthly_usage` table (`migrations/0002_account_monthly_usage.sql`) every
 //!   `usage_refresh` (PEAS `RATE_LIMIT_STORE_REFRESH_INTERVAL`, default 5 m).
 //! - **YAML** ([`Source::Yaml`]): DB-less mode. The file is watched (its directory, so
-//!   rename-replace by editors and Kubernetes ConfigMaps is seen), reloaded 100 ms after a
-//!   burst of changes and polled every `app_refresh` as a safety net. A bad file is rejected
-//!   with a precise error (file, entry, line) and the last good data stays.
+//!   rename-replace by editors and Kubernetes ConfigMaps is seen), read only once it has
+//!   settled (size, modification time and inode unchanged for 250 ms and while it is read),
+//!   reloaded 100 ms after a burst of changes and polled every `app_refresh` as a safety net.
+//!   A bad file is rejected with a precise error (file, entry, line), logged and counted, and
+//!   the last good data stays.
 //!
 //! # Row mapping (PEAS, with deliberate differences)
 //!
@@ -57,13 +59,20 @@
 //!
 //! # Faults
 //!
-//! [`start`] returns at once and never fails because the source is down. Until the first
-//! load the snapshot is not loaded (`loaded() == false`; the verdict answers 503) and the
-//! store retries with backoff (1 s doubling to 30 s). If `snapshot_file` is set and readable,
-//! it is served meanwhile (loaded, [`Origin::SnapshotFile`]). After each full load that
-//! changed the data, the file is rewritten atomically (key digests only, see [`mod@file`]). When
-//! the source fails later, the last good data stays; [`Store::status`] counts errors and
-//! [`Store::staleness`] grows until the source is back.
+//! [`start`] returns at once and never fails because the source is down. The snapshot is
+//! *loaded* only once both the apps and this month's usage have been read
+//! ([`Snapshot::apps_loaded`], [`Snapshot::usage_loaded`]): apps without usage would let
+//! accounts over their quota through. Until then `loaded() == false` (the verdict answers
+//! 503, `edgeguard authz` is not ready, the store feed answers 503) and the store retries
+//! with backoff (1 s doubling to 30 s). With Postgres, a database without the usage table
+//! (migration 0002) therefore never becomes ready. If `snapshot_file` is set and readable, it
+//! stands in for what the source has not loaded: the whole file when no apps were read
+//! ([`Origin::SnapshotFile`]), only its usage when the apps were read but the usage was not
+//! (e.g. Postgres died between the two). The file is only written from a loaded snapshot (so
+//! it always carries usage), atomically (key digests only, see [`mod@file`]), after each full
+//! load or usage refresh that changed the data. When the source fails later, the last good
+//! data stays; [`Store::status`] counts errors and [`Store::staleness`] grows until the
+//! source is back.
 //!
 //! # Metrics
 //!
@@ -79,22 +88,37 @@
 //!     plan: PLAN_FREE          # any string; PLAN_FREE / PLAN_UNLIMITED have limit rules
 //!     monthly_user_limit: 0    # optional, default 0 (PLAN_UNLIMITED: the 429 threshold)
 //!     monthly_usage: 1500000   # optional: relays this month (DB-less stand-in for the usage table)
-//! # apps (PEAS's portal_applications + portal_application_settings)
+//! # apps (PEAS's portal_applications + portal_application_settings); each says how it
+//! # authenticates: a key, or public: true
 //! apps:
 //!   - id: app_public           # required, unique: the Portal-Application-ID
 //!     account: acct_free       # optional; must name an account above (none: account "")
+//!     public: true             # no key: public only when said so
 //!   - id: app_keyed
 //!     account: acct_free
 //!     secret_key: demo-secret-key-0001   # or secret_key_sha256: <64 hex digits>
-//!     # secret_key_required defaults to true when a key is given, else false
 //!   - id: app_locked
 //!     secret_key_required: true          # and no key: every request is denied (401)
+//! ...                          # the end marker: a complete file ends with this line
 //! ```
 //!
+//! **Half-written files.** A file edited in place can be read, or left, half written. None of
+//! its cuts may open anything: the file must end with the YAML document end marker, a line
+//! `...`, so every cut (a lost `secret_key` or `monthly_usage` line, a key cut mid-value) is
+//! refused; an app with no key is public only with `public: true` (or PEAS's
+//! `secret_key_required: false`), and an entry with neither is refused as incomplete; a file
+//! still changing is not read before it settles. Edit by **atomic replacement**: write the new
+//! file next to the old one and rename it over (`mv new.yaml apps.yaml`; editors that save
+//! by rename and Kubernetes ConfigMaps do this).
+//!
 //! Unknown fields, duplicate ids, an unknown account, an empty id, a negative number, both
-//! `secret_key` and `secret_key_sha256`, or an empty file are errors naming the entry
-//! (`apps[3] (id "x"): unknown account "y"`). `secret_key_required: false` with a key makes
-//! the app public (as PEAS). An example is `envoy/demo/portal-apps.yaml`.
+//! `secret_key` and `secret_key_sha256`, `public: true` with a key, an app with neither a key
+//! nor `public: true` / `secret_key_required`, a missing end marker or content after it, an
+//! empty file, a file over 64 MiB or nested more than 64 levels deep (checked before parsing)
+//! are errors naming the entry (`apps[3] (id "x"): unknown account "y"`).
+//! `secret_key_required: false` with a key makes the app public (as PEAS); `public: false` or
+//! `secret_key_required: true` without a key locks it. An example is
+//! `envoy/demo/portal-apps.yaml`.
 //!
 //! # Postgres migrations
 //!

@@ -44,13 +44,20 @@ impl Origin {
 
 /// One published state of the store. Cheap to share (`Arc`), never mutated.
 ///
+/// A snapshot is *loaded* only when both the apps and this month's usage have been read
+/// (from the source or the last-good snapshot file): apps without usage would let accounts
+/// over their quota through, so until then the verdict answers 503 like an empty store.
+///
 /// `version` identifies the *data* (apps, usage, loaded): two snapshots with the same version
 /// have the same apps and usage. Metadata (origin, data time) may change without a new version,
 /// e.g. when Postgres confirms the data a snapshot file had.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub(crate) version: u64,
-    pub(crate) loaded: bool,
+    /// The apps were read (a full load of the source, or the snapshot file).
+    pub(crate) apps_loaded: bool,
+    /// This month's usage was read (from the source, or the snapshot file).
+    pub(crate) usage_loaded: bool,
     pub(crate) origin: Origin,
     pub(crate) data_time: Option<SystemTime>,
     pub(crate) base: Arc<AppMap>,
@@ -65,7 +72,8 @@ impl Snapshot {
     pub(crate) fn empty(version: u64) -> Snapshot {
         Snapshot {
             version,
-            loaded: false,
+            apps_loaded: false,
+            usage_loaded: false,
             origin: Origin::None,
             data_time: None,
             base: Arc::new(AppMap::default()),
@@ -81,7 +89,8 @@ impl Snapshot {
         let account_count = count_accounts(apps.values());
         Snapshot {
             version,
-            loaded: true,
+            apps_loaded: true,
+            usage_loaded: true,
             origin: Origin::None,
             data_time: Some(SystemTime::now()),
             app_count: apps.len(),
@@ -97,9 +106,20 @@ impl Snapshot {
         self.version
     }
 
-    /// Whether the store has data (from its source or from the snapshot file).
+    /// Whether the store has data to decide with: apps *and* this month's usage (from the
+    /// source or from the snapshot file).
     pub fn is_loaded(&self) -> bool {
-        self.loaded
+        self.apps_loaded && self.usage_loaded
+    }
+
+    /// Whether the apps have been read (usage may still be missing).
+    pub fn apps_loaded(&self) -> bool {
+        self.apps_loaded
+    }
+
+    /// Whether this month's usage has been read (apps may still be missing).
+    pub fn usage_loaded(&self) -> bool {
+        self.usage_loaded
     }
 
     pub fn origin(&self) -> Origin {
@@ -251,7 +271,7 @@ impl Snapshot {
 
 impl PortalView for Snapshot {
     fn loaded(&self) -> bool {
-        self.loaded
+        self.is_loaded()
     }
 
     fn app(&self, id: &str) -> Option<&PortalApp> {

@@ -293,7 +293,7 @@ impl Refresher {
                 shared
                     .observer
                     .refresh_error(SourceType::PortalAppStore, ErrorType::PostgresError);
-                let loaded = shared.current().loaded;
+                let loaded = shared.current().apps_loaded();
                 let retry = self.app_backoff.next_delay().min(self.app_refresh);
                 if self.app_log.allow(&message) {
                     if loaded {
@@ -348,6 +348,8 @@ impl Refresher {
                     version: published.version,
                 });
                 shared.observer.usage(&snap.usage_summary());
+                // the last-good file carries usage too: rewrite it when usage changed
+                self.file.write(&shared, snap).await;
                 self.usage_refresh
             }
             Err(e) => {
@@ -366,8 +368,19 @@ impl Refresher {
                     .observer
                     .refresh_error(SourceType::RateLimitStore, ErrorType::PostgresError);
                 let retry = self.usage_backoff.next_delay().min(self.usage_refresh);
+                let usage_loaded = shared.current().usage_loaded();
                 if self.usage_log.allow(&message) {
-                    tracing::warn!(postgres = %self.target, error = %message, "monthly usage refresh failed (is migration 0002 applied?); keeping the previous usage");
+                    if usage_loaded {
+                        tracing::warn!(postgres = %self.target, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage refresh failed (is migration 0002 applied?); keeping the previous usage");
+                    } else {
+                        tracing::warn!(postgres = %self.target, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage not loaded yet (is migration 0002 applied?): not ready until it is, quotas cannot be enforced without it");
+                    }
+                }
+                if !usage_loaded && !self.tried_file {
+                    self.tried_file = true;
+                    if let Some(path) = self.file.path().cloned() {
+                        serve_snapshot_file(&self.publisher, &path).await;
+                    }
                 }
                 retry
             }
@@ -378,7 +391,7 @@ impl Refresher {
     async fn delta(&mut self, batch: Batch) -> Option<Duration> {
         let shared = self.publisher.shared.clone();
         let snap = shared.current();
-        if !snap.loaded || snap.origin != Origin::Postgres {
+        if !snap.apps_loaded() || snap.origin != Origin::Postgres {
             // the pending first full load will see these changes
             return None;
         }

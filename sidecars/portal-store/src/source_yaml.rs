@@ -1,6 +1,12 @@
 //! The YAML source: a file watcher (debounced) plus a poll every `app_refresh` as a safety
 //! net. A file that does not change is not re-parsed; a bad file is reported once per
 //! distinct content and the last good data stays.
+//!
+//! A file is read only once it has *settled*: its size, modification time and inode have
+//! not changed for `file_settle` (a file modified more recently is looked at again after
+//! that interval), and they did not change while it was read. So a file still being
+//! written in place is not read; one that stays cut short is refused by the parser (it
+//! lacks its end marker line, see [`crate::yaml`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +20,7 @@ use crate::config::{StoreConfig, StoreOptions};
 use crate::observer::{ErrorType, RefreshKind, RefreshOk, SourceType};
 use crate::snapshot::Origin;
 use crate::store::{serve_snapshot_file, FileWriter, Publisher};
-use crate::yaml::{parse_yaml, YamlError};
+use crate::yaml::{parse_yaml, YamlError, MAX_FILE_BYTES};
 
 pub(crate) fn spawn(
     publisher: Publisher,
@@ -27,6 +33,7 @@ pub(crate) fn spawn(
         path,
         poll: cfg.app_refresh,
         debounce: options.file_debounce,
+        settle: options.file_settle,
         file: FileWriter::new(cfg.snapshot_file.clone()),
         last_hash: None,
         last_error: None,
@@ -35,11 +42,41 @@ pub(crate) fn spawn(
     vec![crate::background::handle().spawn(w.run())]
 }
 
+/// What a reload attempt concluded.
+enum Loaded {
+    /// Loaded, unchanged, or refused: nothing to do until the file changes.
+    Done,
+    /// The file is still changing: look again once it may have settled.
+    Unsettled,
+}
+
+/// What tells a file's versions apart without reading it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: SystemTime,
+    inode: u64,
+}
+
+async fn file_state(path: &Path) -> std::io::Result<FileState> {
+    let m = tokio::fs::metadata(path).await?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(FileState {
+        len: m.len(),
+        modified: m.modified()?,
+        inode,
+    })
+}
+
 struct YamlWatcher {
     publisher: Publisher,
     path: PathBuf,
     poll: Duration,
     debounce: Duration,
+    settle: Duration,
     file: FileWriter,
     /// Digest of the last content loaded or rejected.
     last_hash: Option<[u8; 32]>,
@@ -85,7 +122,11 @@ impl YamlWatcher {
                     }
                 }
             }
-            self.reload().await;
+            // a file still changing is looked at again once it may have settled
+            let next = match self.reload().await {
+                Loaded::Done => self.poll,
+                Loaded::Unsettled => self.settle.max(Duration::from_millis(10)),
+            };
             tokio::select! {
                 _ = rx.recv() => {
                     // let a burst of events (write, rename, chmod) settle
@@ -94,7 +135,7 @@ impl YamlWatcher {
                 }
                 // an unchanged file is current already: reload() re-reads and compares
                 _ = shared.refresh_now.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     }
@@ -110,7 +151,7 @@ impl YamlWatcher {
         // report a given bad content (or a given read error) once, not at every poll
         let repeat = self.last_error.as_deref() == Some(message.as_str()) && self.last_hash == hash;
         if !repeat {
-            let loaded = shared.current().loaded;
+            let loaded = shared.current().is_loaded();
             tracing::error!(error = %message, keeping_last_good = loaded, "portal apps file rejected");
             shared
                 .observer
@@ -120,19 +161,57 @@ impl YamlWatcher {
         self.last_hash = hash;
     }
 
-    async fn reload(&mut self) {
+    /// Reads the file once it has settled (see the module docs).
+    async fn read_settled(&self) -> Result<Option<Vec<u8>>, String> {
+        let read_error = |source: std::io::Error| {
+            YamlError::Read {
+                path: self.path.clone(),
+                source,
+            }
+            .to_string()
+        };
+        let before = file_state(&self.path).await.map_err(read_error)?;
+        edgeguard_yaml_guard::check_size(before.len, MAX_FILE_BYTES)
+            .map_err(|e| format!("portal apps file {}: {e}", self.path.display()))?;
+        let age = SystemTime::now()
+            .duration_since(before.modified)
+            .unwrap_or(Duration::ZERO);
+        if age < self.settle {
+            // modified within the settle interval: read only if it stays unchanged for one
+            tokio::time::sleep(self.settle).await;
+            if file_state(&self.path).await.map_err(read_error)? != before {
+                return Ok(None);
+            }
+        }
+        let path = self.path.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            edgeguard_yaml_guard::read_limited(&path, MAX_FILE_BYTES)
+        })
+        .await
+        .map_err(|e| format!("reading the portal apps file failed: {e}"))?
+        .map_err(|e| match e {
+            edgeguard_yaml_guard::LimitError::Io(source) => read_error(source),
+            other => format!("portal apps file {}: {other}", self.path.display()),
+        })?;
+        if file_state(&self.path).await.map_err(read_error)? != before {
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn reload(&mut self) -> Loaded {
         let shared = self.publisher.shared.clone();
         let started = Instant::now();
-        let bytes = match tokio::fs::read(&self.path).await {
-            Ok(b) => b,
-            Err(source) => {
-                let e = YamlError::Read {
-                    path: self.path.clone(),
-                    source,
-                };
-                self.fail(e.to_string(), None);
+        let bytes = match self.read_settled().await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                tracing::debug!(file = %self.path.display(), "portal apps file still changing; read once it settles");
+                return Loaded::Unsettled;
+            }
+            Err(message) => {
+                self.fail(message, None);
                 self.fallback().await;
-                return;
+                return Loaded::Done;
             }
         };
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
@@ -142,7 +221,7 @@ impl YamlWatcher {
                 shared.status().last_success = Some(SystemTime::now());
                 shared.status().usage_last_success = Some(SystemTime::now());
             }
-            return;
+            return Loaded::Done;
         }
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
@@ -150,7 +229,7 @@ impl YamlWatcher {
                 let msg = format!("portal apps file {}: not UTF-8 ({e})", self.path.display());
                 self.fail(msg, Some(hash));
                 self.fallback().await;
-                return;
+                return Loaded::Done;
             }
         };
         let path = self.path.clone();
@@ -160,14 +239,14 @@ impl YamlWatcher {
             Ok(Err(e)) => {
                 self.fail(e.to_string(), Some(hash));
                 self.fallback().await;
-                return;
+                return Loaded::Done;
             }
             Err(e) => {
                 self.fail(
                     format!("parsing the portal apps file failed: {e}"),
                     Some(hash),
                 );
-                return;
+                return Loaded::Done;
             }
         };
         if !data.missing_keys.is_empty() {
@@ -220,11 +299,12 @@ impl YamlWatcher {
         });
         shared.observer.usage(&snap.usage_summary());
         self.file.write(&shared, snap).await;
+        Loaded::Done
     }
 
     /// Serves the last-good snapshot file once, if nothing was ever loaded.
     async fn fallback(&mut self) {
-        if self.tried_file || self.publisher.shared.current().loaded {
+        if self.tried_file || self.publisher.shared.current().is_loaded() {
             return;
         }
         self.tried_file = true;

@@ -169,7 +169,8 @@ impl Publisher {
         }
     }
 
-    /// Replaces all apps (and usage, when given): a full load.
+    /// Replaces all apps (and usage, when given): a full load. The snapshot is loaded once
+    /// usage has been given too (here or by [`Publisher::publish_usage`]).
     pub(crate) fn publish_full(
         &self,
         apps: AppMap,
@@ -184,10 +185,12 @@ impl Publisher {
             Some(u) => diff_usage(&cur.usage, u, cap),
             None => (0, Some(Vec::new())),
         };
-        let bumped = !cur.loaded || apps_changed + usage_changed > 0;
+        let usage_loaded = cur.usage_loaded || usage.is_some();
+        let loaded_changed = !cur.apps_loaded || usage_loaded != cur.usage_loaded;
+        let bumped = loaded_changed || apps_changed + usage_changed > 0;
         let version = if bumped { cur.version + 1 } else { cur.version };
         // the first load is not logged change by change: consumers take a full snapshot
-        let list = if cur.loaded {
+        let list = if cur.is_loaded() {
             join_lists(app_list, usage_list).filter(|l| l.len() <= cap)
         } else {
             None
@@ -195,7 +198,8 @@ impl Publisher {
         let account_count = count_accounts(apps.values());
         let next = Snapshot {
             version,
-            loaded: true,
+            apps_loaded: true,
+            usage_loaded,
             origin,
             data_time,
             app_count: apps.len(),
@@ -203,7 +207,7 @@ impl Publisher {
             base: Arc::new(apps),
             overlay: Arc::new(Overlay::default()),
             usage: match usage {
-                Some(u) if usage_changed > 0 || !cur.loaded => Arc::new(u),
+                Some(u) if usage_changed > 0 || !cur.usage_loaded => Arc::new(u),
                 _ => cur.usage.clone(),
             },
         };
@@ -259,11 +263,11 @@ impl Publisher {
         }
     }
 
-    /// Replaces this month's usage.
+    /// Replaces this month's usage (and marks it loaded).
     pub(crate) fn publish_usage(&self, usage: UsageMap) -> Published {
         let cur = self.shared.current();
         let (changed, list) = diff_usage(&cur.usage, &usage, self.cap());
-        if changed == 0 {
+        if changed == 0 && cur.usage_loaded {
             return Published {
                 version: cur.version,
                 ..Published::default()
@@ -272,12 +276,13 @@ impl Publisher {
         let next = Snapshot {
             version: cur.version + 1,
             usage: Arc::new(usage),
+            usage_loaded: true,
             ..(*cur).clone()
         };
         let version = next.version;
-        // before the first load, usage alone does not make a consumer's copy usable:
-        // consumers at the not-loaded version take a full snapshot anyway
-        let list = if cur.loaded { list } else { None };
+        // until the store is loaded, consumers have nothing to apply a change to: they take
+        // a full snapshot once it is
+        let list = if cur.is_loaded() { list } else { None };
         self.publish(next, list, true);
         Published {
             version,
@@ -446,16 +451,16 @@ impl Store {
         self.shared.version_tx.subscribe()
     }
 
-    /// Waits until the store is loaded (from its source or the snapshot file).
+    /// Waits until the store is loaded (apps and usage, from its source or the snapshot file).
     pub async fn wait_loaded(&self, timeout: Duration) -> bool {
         let mut rx = self.subscribe();
         let wait = async {
             loop {
-                if self.snapshot_guard().loaded {
+                if self.snapshot_guard().is_loaded() {
                     return true;
                 }
                 if rx.changed().await.is_err() {
-                    return self.snapshot_guard().loaded;
+                    return self.snapshot_guard().is_loaded();
                 }
             }
         };
@@ -528,11 +533,16 @@ impl FileWriter {
         self.path.as_ref()
     }
 
-    /// Starts writing `snap` unless that version is already written (or being written).
+    /// Starts writing `snap` unless that version is already written (or being written), or
+    /// it is not loaded: a file is only ever written with apps *and* usage in it (serving it
+    /// counts as usage loaded).
     pub(crate) async fn write(&mut self, shared: &Arc<Shared>, snap: Arc<Snapshot>) {
         let Some(path) = self.path.clone() else {
             return;
         };
+        if !snap.is_loaded() {
+            return;
+        }
         if self.last_written == Some(snap.version) {
             return;
         }
@@ -568,23 +578,34 @@ impl FileWriter {
     }
 }
 
-/// Serves the snapshot file while the source has not loaded yet. Returns whether it did.
+/// Serves the last-good snapshot file for what the source has not loaded yet: everything
+/// when no apps were read (keeping usage the source did read), only the usage when the apps
+/// were read but the usage was not (e.g. Postgres died between the two). Never replaces
+/// data the source loaded. Returns whether it served anything.
 pub(crate) async fn serve_snapshot_file(publisher: &Publisher, path: &Path) -> bool {
     let p = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || crate::file::read(&p)).await;
     match read {
         Ok(Ok(data)) => {
             // the source may have loaded meanwhile: never replace source data with the file
-            if publisher.shared.current().loaded {
+            let cur = publisher.shared.current();
+            if cur.is_loaded() {
                 return false;
             }
+            if cur.apps_loaded() {
+                let accounts = data.usage.len();
+                let p = publisher.publish_usage(data.usage);
+                tracing::warn!(
+                    file = %path.display(),
+                    accounts,
+                    version = p.version,
+                    "serving the monthly usage of the last-good snapshot file until the source's can be read"
+                );
+                return true;
+            }
             let apps = data.apps.len();
-            let p = publisher.publish_full(
-                data.apps,
-                Some(data.usage),
-                Origin::SnapshotFile,
-                data.data_time,
-            );
+            let usage = (!cur.usage_loaded()).then_some(data.usage);
+            let p = publisher.publish_full(data.apps, usage, Origin::SnapshotFile, data.data_time);
             tracing::warn!(
                 file = %path.display(),
                 apps,
@@ -609,7 +630,7 @@ pub(crate) async fn serve_snapshot_file(publisher: &Publisher, path: &Path) -> b
 mod tests {
     use super::*;
     use crate::observer::NoopObserver;
-    use edgeguard_verdict::portal::AppAuth;
+    use edgeguard_verdict::portal::{AppAuth, PortalView};
 
     fn shared(cap: usize) -> Publisher {
         let (version_tx, _) = watch::channel(100);
@@ -644,7 +665,12 @@ mod tests {
     fn versions_bump_only_on_change() {
         let p = shared(100);
         let log = |v| lock(&p.shared.log).since(v);
-        let r = p.publish_full(apps(&[("a", "P1"), ("b", "P1")]), None, Origin::Yaml, None);
+        let r = p.publish_full(
+            apps(&[("a", "P1"), ("b", "P1")]),
+            Some(UsageMap::default()),
+            Origin::Yaml,
+            None,
+        );
         assert_eq!(r.version, 101);
         assert!(log(100).is_none(), "the first load is not logged");
         // same data: same version
@@ -681,9 +707,48 @@ mod tests {
     }
 
     #[test]
+    fn loaded_only_with_apps_and_usage() {
+        let mut over = UsageMap::default();
+        over.insert("acc".into(), 2_000_000);
+        // apps first: not loaded, a full reload of the same apps does not bump
+        let p = shared(100);
+        let r = p.publish_full(apps(&[("a", "P1")]), None, Origin::Postgres, None);
+        let s = p.shared.current();
+        assert!(s.apps_loaded() && !s.usage_loaded() && !s.is_loaded());
+        assert!(!PortalView::loaded(&*s));
+        assert_eq!(r.version, 101);
+        let r = p.publish_full(apps(&[("a", "P1")]), None, Origin::Postgres, None);
+        assert_eq!(r.version, 101);
+        // usage (even none at all) completes it, with a new version and no delta to apply
+        let r = p.publish_usage(UsageMap::default());
+        assert_eq!(r.version, 102);
+        assert!(p.shared.current().is_loaded());
+        assert!(lock(&p.shared.log).since(101).is_none());
+        // a later full load without usage keeps it loaded
+        p.publish_full(apps(&[("a", "P2")]), None, Origin::Postgres, None);
+        assert!(p.shared.current().is_loaded());
+
+        // usage first: not loaded until the apps come
+        let p = shared(100);
+        assert_eq!(p.publish_usage(over.clone()).version, 101);
+        let s = p.shared.current();
+        assert!(!s.apps_loaded() && s.usage_loaded() && !s.is_loaded());
+        let r = p.publish_full(apps(&[("a", "P1")]), None, Origin::Postgres, None);
+        let s = p.shared.current();
+        assert!(s.is_loaded());
+        assert_eq!(r.version, 102);
+        assert_eq!(s.account_usage("acc"), Some(2_000_000), "usage kept");
+    }
+
+    #[test]
     fn big_changes_reset_the_log() {
         let p = shared(2);
-        p.publish_full(apps(&[("a", "P1")]), None, Origin::Yaml, None);
+        p.publish_full(
+            apps(&[("a", "P1")]),
+            Some(UsageMap::default()),
+            Origin::Yaml,
+            None,
+        );
         p.publish_full(
             apps(&[("a", "P2"), ("b", "P1"), ("c", "P1")]),
             None,

@@ -11,7 +11,7 @@ use edgeguard_portal_store::{
 };
 use edgeguard_tests::postgres::Postgres;
 use edgeguard_tests::process::free_port;
-use edgeguard_verdict::portal::key_digest;
+use edgeguard_verdict::portal::{check, key_digest, CheckOptions, Headers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_at_start_then_loads_by_itself() {
@@ -206,4 +206,96 @@ async fn postgres_lost_mid_run_then_recovers_and_listens_again() {
     })
     .await
     .expect("NOTIFY after the restart did not propagate within 1 s");
+}
+
+/// `GET /v1/<app>` through the verdict on a snapshot: the HTTP status it answers.
+fn status_of(s: &edgeguard_portal_store::Snapshot, app: &str) -> u16 {
+    struct NoHeaders;
+    impl Headers for NoHeaders {
+        fn get(&self, _: &str) -> Option<&str> {
+            None
+        }
+    }
+    let path = format!("/v1/{app}");
+    match check(
+        Some((path.as_str(), &NoHeaders)),
+        s,
+        CheckOptions::default(),
+    ) {
+        Ok(_) => 200,
+        Err(d) => d.http_status(),
+    }
+}
+
+/// Usage that cannot be read while the apps can (the store's role may not read the usage
+/// table: the same as Postgres dying between the app load and the usage load, made
+/// deterministic) keeps the store not loaded, so an account over its quota is never let
+/// through; no snapshot file is written without usage. With a last-good snapshot file, its
+/// usage stands in. Once usage is readable the quota is enforced from the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_without_usage_are_not_loaded() {
+    let pg = seeded_postgres(true).await;
+    pg.psql(&format!(
+        "INSERT INTO account_monthly_usage (account_id, month, relays) VALUES ('acc_free', {THIS_MONTH}, 1500000);
+         CREATE ROLE store_ro LOGIN;
+         GRANT SELECT ON accounts, portal_applications, portal_application_settings TO store_ro;"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let ro_url = format!("postgres://store_ro@127.0.0.1:{}/edgeguard", pg.port());
+
+    // no snapshot file: not loaded for as long as usage cannot be read
+    let rec = Recorder::new();
+    let mut cfg = StoreConfig::new(Source::Postgres {
+        url: ro_url.clone(),
+    });
+    cfg.usage_refresh = Duration::from_millis(300);
+    let ro_file = dir.path().join("ro.json");
+    cfg.snapshot_file = Some(ro_file.clone());
+    let store = start_with_options(cfg.clone(), fast_options(), rec.clone())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        store.snapshot().apps_loaded()
+            && rec.count_errors(SourceType::RateLimitStore, ErrorType::PostgresError) >= 3
+    })
+    .await
+    .expect("apps loaded and usage failing");
+    let s = store.snapshot();
+    assert_eq!(s.app_count(), 9);
+    assert!(!s.usage_loaded() && !s.is_loaded() && !s.loaded());
+    assert_eq!(status_of(&s, "app_pub"), 503, "over quota, usage unknown");
+    assert!(!store.wait_loaded(Duration::from_millis(500)).await);
+    let err = store.status().usage_last_error.unwrap_or_default();
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!ro_file.exists(), "snapshot file written without usage");
+
+    // usage readable: loaded, and the quota holds
+    pg.psql("GRANT SELECT ON account_monthly_usage TO store_ro");
+    assert!(store.wait_loaded(Duration::from_secs(10)).await);
+    let s = store.snapshot();
+    assert_eq!(status_of(&s, "app_pub"), 429);
+    assert_eq!(s.origin(), Origin::Postgres);
+    wait_until(Duration::from_secs(5), || ro_file.exists())
+        .await
+        .expect("snapshot file written once loaded");
+    let text = std::fs::read_to_string(&ro_file).unwrap();
+    assert!(text.contains(r#"["acc_free",1500000]"#), "{text}");
+    drop(store);
+
+    // with a last-good file: its usage stands in for the usage that cannot be read
+    pg.psql("REVOKE SELECT ON account_monthly_usage FROM store_ro");
+    let rec = Recorder::new();
+    let store = start_with_options(cfg, fast_options(), rec.clone())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(10)).await);
+    wait_until(Duration::from_secs(10), || {
+        store.snapshot().origin() == Origin::Postgres
+    })
+    .await
+    .expect("apps from Postgres");
+    let s = store.snapshot();
+    assert!(rec.count_errors(SourceType::RateLimitStore, ErrorType::PostgresError) >= 1);
+    assert_eq!(s.account_usage("acc_free"), Some(1_500_000));
+    assert_eq!(status_of(&s, "app_pub"), 429);
 }

@@ -249,7 +249,8 @@ async fn migrations_are_idempotent_and_usage_errors_are_reported() {
     let triggers =
         pg.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'edgeguard_portal_%'");
     assert_eq!(triggers, "6");
-    // a Portal DB without the usage table: apps load, usage errors are counted
+    // a Portal DB without the usage table: apps load, usage errors are counted, and the
+    // store is not loaded (quotas cannot be enforced without usage)
     pg.psql("DROP TABLE account_monthly_usage");
     let rec = Recorder::new();
     let store = start_with_options(
@@ -259,19 +260,24 @@ async fn migrations_are_idempotent_and_usage_errors_are_reported() {
     )
     .await
     .unwrap();
-    assert!(store.wait_loaded(Duration::from_secs(10)).await);
-    wait_until(Duration::from_secs(5), || {
-        rec.count_errors(SourceType::RateLimitStore, ErrorType::PostgresError) > 0
+    wait_until(Duration::from_secs(10), || {
+        store.snapshot().apps_loaded()
+            && rec.count_errors(SourceType::RateLimitStore, ErrorType::PostgresError) > 0
     })
     .await
-    .expect("usage error reported");
+    .expect("apps loaded, usage error reported");
     let st = store.status();
     assert!(st
         .usage_last_error
         .unwrap()
         .contains("account_monthly_usage"));
     assert_eq!(st.refresh_errors, 0);
-    assert!(store.snapshot().loaded());
+    assert!(!store.snapshot().loaded());
+    // the table appears (migration 0002): loaded
+    edgeguard_portal_store::migrate(&pg.url(), false)
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(10)).await);
     // bad configuration is the only start error
     let e = edgeguard_portal_store::start(
         StoreConfig::new(Source::Postgres {

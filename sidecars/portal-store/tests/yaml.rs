@@ -13,14 +13,20 @@ use edgeguard_portal_store::{
 };
 use edgeguard_verdict::portal::{check, key_digest, CheckOptions, Headers};
 
+/// The body of a file; [`doc`] adds the end marker.
 const GOOD: &str = "
 accounts:
   - {id: acc1, plan: PLAN_FREE, monthly_usage: 10}
   - {id: acc2, plan: PLAN_UNLIMITED, monthly_user_limit: 40000000}
 apps:
-  - {id: a1, account: acc1}
+  - {id: a1, account: acc1, public: true}
   - {id: a2, account: acc2, secret_key: s3cret}
 ";
+
+/// A complete file: `body` and the end marker line.
+fn doc(body: &str) -> String {
+    format!("{body}...\n")
+}
 
 fn cfg(path: &Path) -> StoreConfig {
     let mut c = StoreConfig::new(Source::Yaml {
@@ -42,7 +48,7 @@ fn replace(path: &Path, text: &str) {
 async fn loads_hot_reloads_and_keeps_the_last_good_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apps.yaml");
-    std::fs::write(&path, GOOD).unwrap();
+    std::fs::write(&path, doc(GOOD)).unwrap();
     let rec = Recorder::new();
     let store = start_with_options(cfg(&path), StoreOptions::default(), rec.clone())
         .await
@@ -63,8 +69,9 @@ async fn loads_hot_reloads_and_keeps_the_last_good_data() {
     // an in-place edit
     std::fs::write(
         &path,
-        GOOD.replace("s3cret", "n3w")
-            .replace("monthly_usage: 10", "monthly_usage: 11"),
+        doc(&GOOD
+            .replace("s3cret", "n3w")
+            .replace("monthly_usage: 10", "monthly_usage: 11")),
     )
     .unwrap();
     let took = wait_until(Duration::from_secs(2), || {
@@ -91,7 +98,10 @@ async fn loads_hot_reloads_and_keeps_the_last_good_data() {
 
     // a bad edit: precise error, last good data kept
     let v1 = store.version();
-    replace(&path, &format!("{GOOD}  - {{id: a1}}\n"));
+    replace(
+        &path,
+        &doc(&format!("{GOOD}  - {{id: a1, public: true}}\n")),
+    );
     wait_until(Duration::from_secs(2), || {
         rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError) == 1
     })
@@ -111,7 +121,10 @@ async fn loads_hot_reloads_and_keeps_the_last_good_data() {
     assert_eq!(store.snapshot().app_count(), 2);
 
     // a renamed-over fix recovers; deleting an app is a change
-    replace(&path, &GOOD.replace("  - {id: a1, account: acc1}\n", ""));
+    replace(
+        &path,
+        &doc(&GOOD.replace("  - {id: a1, account: acc1, public: true}\n", "")),
+    );
     wait_until(Duration::from_secs(2), || {
         store.snapshot().app("a1").is_none()
     })
@@ -128,7 +141,10 @@ async fn loads_hot_reloads_and_keeps_the_last_good_data() {
     assert_eq!(store.status().consecutive_errors, 0);
 
     // an unknown account names the entry
-    replace(&path, "apps:\n  - {id: x, account: ghost}\n");
+    replace(
+        &path,
+        "apps:\n  - {id: x, account: ghost, public: true}\n...\n",
+    );
     wait_until(Duration::from_secs(2), || {
         rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError) == 2
     })
@@ -156,7 +172,7 @@ async fn a_bad_file_at_start_serves_the_snapshot_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apps.yaml");
     let snap = dir.path().join("last-good.json");
-    std::fs::write(&path, GOOD).unwrap();
+    std::fs::write(&path, doc(GOOD)).unwrap();
     let mut c = cfg(&path);
     c.snapshot_file = Some(snap.clone());
     let first = start_with_options(c.clone(), StoreOptions::default(), Recorder::new())
@@ -167,7 +183,7 @@ async fn a_bad_file_at_start_serves_the_snapshot_file() {
         .await
         .unwrap();
     drop(first);
-    std::fs::write(&path, "apps: [{id: broken").unwrap();
+    std::fs::write(&path, "apps: [{id: broken\n...\n").unwrap();
     let rec = Recorder::new();
     let store = start_with_options(c, StoreOptions::default(), rec.clone())
         .await
@@ -188,7 +204,7 @@ async fn a_bad_file_at_start_serves_the_snapshot_file() {
     );
     // fixed: the source takes over, same data, same version
     let v = s.version();
-    std::fs::write(&path, GOOD).unwrap();
+    std::fs::write(&path, doc(GOOD)).unwrap();
     wait_until(Duration::from_secs(2), || {
         store.snapshot().origin() == Origin::Yaml
     })
@@ -257,4 +273,349 @@ async fn the_demo_file() {
         .map(|a| a.account_id)
         .collect();
     assert_eq!(limited, vec!["acct_over"]);
+}
+
+/// Several keyed apps (one hashed, one flow style, one quoted), public apps, over-quota
+/// accounts on both plans, a locked app; keys on their own lines.
+const FULL: &str = r#"# portal apps
+accounts:
+  - id: acc_free
+    plan: PLAN_FREE
+    monthly_usage: 1500000
+  - id: acc_unl
+    plan: PLAN_UNLIMITED
+    monthly_user_limit: 40000000
+    monthly_usage: 10
+  - id: acc_lim
+    plan: PLAN_UNLIMITED
+    monthly_user_limit: 100
+    monthly_usage: 500
+apps:
+  - id: keyed_1
+    account: acc_unl
+    secret_key: k3y-one-0123456789abcdef
+  - id: public_1
+    account: acc_unl
+    public: true
+  - id: keyed_2
+    secret_key: second-key-abcdefghijkl
+  - id: over_free
+    account: acc_free
+    public: true
+  - id: over_lim
+    account: acc_lim
+    secret_key: limited-key-zyxwvu
+  - id: hashed
+    account: acc_unl
+    secret_key_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+  - id: locked
+    account: acc_free
+    secret_key_required: true
+  - {id: keyed_flow, account: acc_unl, secret_key: flow-key-0123456789}
+  - id: keyed_quoted
+    secret_key: "quoted key: with # chars"
+...
+"#;
+
+/// Plaintext keys of FULL (`test` is the preimage of the sha256 above).
+const KEYS: [&str; 6] = [
+    "k3y-one-0123456789abcdef",
+    "second-key-abcdefghijkl",
+    "limited-key-zyxwvu",
+    "test",
+    "flow-key-0123456789",
+    "quoted key: with # chars",
+];
+
+const APPS: [&str; 9] = [
+    "keyed_1",
+    "public_1",
+    "keyed_2",
+    "over_free",
+    "over_lim",
+    "hashed",
+    "locked",
+    "keyed_flow",
+    "keyed_quoted",
+];
+
+/// Every request the test tries: each app without a key, with each key, with every prefix of
+/// each key (what a key cut mid-value would accept), and with a wrong one.
+fn requests() -> Vec<(&'static str, Option<String>)> {
+    let mut keys: Vec<Option<String>> = vec![None, Some("wrong".into())];
+    for k in KEYS {
+        for end in 1..=k.len() {
+            keys.push(Some(k[..end].to_string()));
+        }
+    }
+    APPS.iter()
+        .flat_map(|a| keys.iter().map(move |k| (*a, k.clone())))
+        .collect()
+}
+
+/// Which of `requests` the verdict allows on `view`.
+fn allowed(view: &dyn PortalView, requests: &[(&str, Option<String>)]) -> Vec<bool> {
+    struct Auth<'a>(Option<&'a str>);
+    impl Headers for Auth<'_> {
+        fn get(&self, name: &str) -> Option<&str> {
+            name.eq_ignore_ascii_case("authorization")
+                .then_some(self.0)
+                .flatten()
+        }
+    }
+    requests
+        .iter()
+        .map(|(app, key)| {
+            let path = format!("/v1/{app}");
+            check(
+                Some((path.as_str(), &Auth(key.as_deref()))),
+                view,
+                CheckOptions::default(),
+            )
+            .is_ok()
+        })
+        .collect()
+}
+
+/// Where the test cuts FULL: at every line boundary, and inside every key's value.
+fn cut_points() -> Vec<usize> {
+    let mut cuts: Vec<usize> = FULL
+        .char_indices()
+        .filter(|(_, c)| *c == '\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    for line_start in std::iter::once(0).chain(cuts.clone()) {
+        let line = &FULL[line_start..];
+        let line = &line[..line.find('\n').unwrap_or(line.len())];
+        for key in KEYS
+            .iter()
+            .chain(["9f86d081884c7d659a2feaa0c55ad015"].iter())
+        {
+            if let Some(at) = line.find(key) {
+                let start = line_start + at;
+                cuts.extend(start + 1..start + key.len());
+            }
+        }
+    }
+    cuts.retain(|c| *c < FULL.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// Writes `text` over the file in place (truncate, then write: what `cat > file` does) and
+/// waits until the store has looked at it (refused it or loaded it).
+async fn publish_in_place(
+    path: &Path,
+    text: &str,
+    store: &edgeguard_portal_store::Store,
+    rec: &Recorder,
+) {
+    let errors = rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError);
+    let success = store.status().last_success;
+    std::fs::write(path, text).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError) > errors
+            || store.status().last_success != success
+    })
+    .await
+    .unwrap_or_else(|| panic!("the store never looked at the cut {:?}", text.len()));
+}
+
+/// A file written in place is cut at every line boundary and inside every key; each cut is
+/// published (as a slow `cat >` would leave it, or a writer that died). No app is ever more
+/// open than in the complete file: a keyed app is never public and never takes a cut key, an
+/// over-quota account is never let through. Every cut is refused, logged and counted; the
+/// last good data stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cut_of_the_file_opens_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    let requests = requests();
+    let full = load_yaml_text(FULL);
+    let full_allowed = allowed(&full, &requests);
+    assert!(full_allowed.iter().any(|a| *a) && !full_allowed.iter().all(|a| *a));
+    let options = StoreOptions {
+        file_debounce: Duration::from_millis(10),
+        file_settle: Duration::from_millis(30),
+        ..StoreOptions::default()
+    };
+    let cuts = cut_points();
+    assert!(cuts.len() > 100, "{}", cuts.len());
+
+    // a file written for the first time: nothing may load before it is complete
+    std::fs::write(&path, "").unwrap();
+    let rec = Recorder::new();
+    let store = start_with_options(cfg(&path), options.clone(), rec.clone())
+        .await
+        .unwrap();
+    for &cut in &cuts {
+        publish_in_place(&path, &FULL[..cut], &store, &rec).await;
+        let now = allowed(&*store.snapshot(), &requests);
+        for ((request, a), f) in requests.iter().zip(&now).zip(&full_allowed) {
+            assert!(
+                !a || *f,
+                "cut at byte {cut} allows {request:?}, the complete file does not:\n{}",
+                &FULL[..cut]
+            );
+        }
+        assert!(!store.snapshot().loaded(), "cut at {cut} loaded");
+    }
+    let err = store.status().last_error.unwrap();
+    assert!(
+        err.contains("does not end with the end marker line `...`"),
+        "{err}"
+    );
+    publish_in_place(&path, FULL, &store, &rec).await;
+    assert!(store.snapshot().loaded());
+    assert_eq!(allowed(&*store.snapshot(), &requests), full_allowed);
+
+    // editing a loaded file in place: every cut is refused, the complete data stays
+    let v = store.version();
+    let errors = rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError);
+    for &cut in cuts.iter().rev() {
+        publish_in_place(&path, &FULL[..cut], &store, &rec).await;
+        assert_eq!(store.version(), v, "cut at {cut} was published");
+    }
+    assert_eq!(
+        rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError),
+        errors + cuts.len()
+    );
+    assert_eq!(allowed(&*store.snapshot(), &requests), full_allowed);
+    // the complete file without its final line break is complete too
+    publish_in_place(&path, FULL.trim_end(), &store, &rec).await;
+    assert_eq!(store.status().consecutive_errors, 0);
+    assert_eq!(store.version(), v);
+}
+
+/// The complete file's data as a snapshot.
+fn load_yaml_text(text: &str) -> edgeguard_portal_store::Snapshot {
+    let d = edgeguard_portal_store::parse_yaml(text, Path::new("full.yaml")).unwrap();
+    edgeguard_portal_store::Snapshot::from_parts(1, d.apps, d.usage)
+}
+
+/// A file written slowly in place (a byte every few milliseconds, far less than the settle
+/// interval apart) is not read until it has settled: no refusal is counted while it is
+/// being written, and then it loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_written_is_read_once_it_settles() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(&path, doc(GOOD)).unwrap();
+    let rec = Recorder::new();
+    let options = StoreOptions {
+        file_debounce: Duration::from_millis(10),
+        file_settle: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
+    let store = start_with_options(cfg(&path), options, rec.clone())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(5)).await);
+    let v = store.version();
+    let writer = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::create(&path).unwrap();
+            for chunk in FULL.as_bytes().chunks(16) {
+                f.write_all(chunk).unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    writer.await.unwrap();
+    assert_eq!(
+        rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError),
+        0,
+        "a file still being written was read: {:?}",
+        store.status().last_error
+    );
+    assert_eq!(store.version(), v, "nothing published while writing");
+    wait_until(Duration::from_secs(10), || {
+        store.snapshot().app("over_lim").is_some()
+    })
+    .await
+    .expect("the settled file was not loaded");
+    assert_eq!(
+        rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError),
+        0
+    );
+}
+
+/// Deeply nested and oversized files are refused before parsing, with a clear error, and the
+/// last good data keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_files_are_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(&path, doc(GOOD)).unwrap();
+    let rec = Recorder::new();
+    let store = start_with_options(cfg(&path), StoreOptions::default(), rec.clone())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(5)).await);
+    let v = store.version();
+    let refused = |n| {
+        let rec = rec.clone();
+        move || rec.count_errors(SourceType::PortalAppStore, ErrorType::FileError) == n
+    };
+    for (n, text) in [
+        doc(&format!("apps: {}\n", "[".repeat(100_000))),
+        doc(&format!("apps: {}\n", "{a: ".repeat(100_000))),
+        doc(&format!(
+            "apps:\n{}",
+            (0..2_000)
+                .map(|i| format!("{}- a:\n", " ".repeat(i)))
+                .collect::<String>()
+        )),
+    ]
+    .iter()
+    .enumerate()
+    {
+        replace(&path, text);
+        wait_until(Duration::from_secs(5), refused(n + 1))
+            .await
+            .expect("not refused");
+        let err = store.status().last_error.unwrap();
+        assert!(
+            err.starts_with("portal apps file ")
+                && err.contains("nested more than 64 levels deep at line"),
+            "{err}"
+        );
+        assert_eq!(store.version(), v);
+        assert_eq!(
+            store.snapshot().app("a2").map(|a| a.auth.clone()),
+            Some(AppAuth::ApiKey {
+                digest: key_digest("s3cret")
+            })
+        );
+    }
+    // over 64 MiB (a sparse file): refused from its size, without reading it
+    let big = dir.path().join("big.tmp");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    std::fs::rename(&big, &path).unwrap();
+    wait_until(Duration::from_secs(5), refused(4))
+        .await
+        .expect("not refused");
+    let err = store.status().last_error.unwrap();
+    assert!(
+        err.contains("the file is 67108865 bytes, more than the limit of 67108864 bytes"),
+        "{err}"
+    );
+    assert!(store.snapshot().app("a1").is_some());
+    // and a good file afterwards is loaded
+    replace(&path, &doc(&GOOD.replace("s3cret", "fixed")));
+    wait_until(Duration::from_secs(5), || {
+        store.snapshot().app("a2").map(|a| a.auth.clone())
+            == Some(AppAuth::ApiKey {
+                digest: key_digest("fixed"),
+            })
+    })
+    .await
+    .expect("good file not loaded");
 }

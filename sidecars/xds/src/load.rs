@@ -13,6 +13,12 @@ use crate::model::{self, ConfigFile, FilterSpec};
 use crate::snapshot::Snapshot;
 use crate::validate::{self, Context, Issue};
 
+/// The largest configuration file (and `config_file`, and the file after `${VAR}` expansion)
+/// accepted: 16 MiB, far above any real configuration, refused before it is read.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The deepest nesting accepted, checked before parsing (see `edgeguard_yaml_guard`).
+pub const MAX_DEPTH: usize = edgeguard_yaml_guard::MAX_DEPTH;
+
 /// A file that does not make a consistent set of snapshots: every problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused(pub Vec<Issue>);
@@ -67,7 +73,7 @@ pub fn load_with(
         result: Err(Refused(Vec::new())),
     };
     let mut hasher = Sha256::new();
-    let text = match std::fs::read(path) {
+    let text = match edgeguard_yaml_guard::read_limited(path, MAX_FILE_BYTES) {
         Ok(bytes) => {
             hasher.update(&bytes);
             String::from_utf8_lossy(&bytes).into_owned()
@@ -86,7 +92,7 @@ pub fn load_with(
         let mut read = |rel: &str| -> Result<String, String> {
             let p = base.join(rel);
             attempt.inputs.push(p.clone());
-            match std::fs::read(&p) {
+            match edgeguard_yaml_guard::read_limited(&p, MAX_FILE_BYTES) {
                 Ok(bytes) => {
                     hasher.update(&bytes);
                     Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -108,8 +114,14 @@ pub fn load_with(
 }
 
 fn parse_file(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<ConfigFile, Refused> {
-    let expanded = model::expand_env(text, env).map_err(|e| Refused(vec![Issue::new("", e)]))?;
-    model::parse(&expanded).map_err(|e| Refused(vec![Issue::new("", format!("invalid YAML: {e}"))]))
+    let refused = |e: String| Refused(vec![Issue::new("", e)]);
+    let expanded = model::expand_env(text, env).map_err(refused)?;
+    // bounded before parsing: a huge or deeply nested document would stall the YAML scanner
+    edgeguard_yaml_guard::check_size(expanded.len() as u64, MAX_FILE_BYTES)
+        .map_err(|e| refused(format!("after ${{VAR}} expansion, {e}")))?;
+    edgeguard_yaml_guard::check_depth(&expanded, MAX_DEPTH)
+        .map_err(|e| refused(format!("invalid YAML: {e}")))?;
+    model::parse(&expanded).map_err(|e| refused(format!("invalid YAML: {e}")))
 }
 
 fn inline_config_files(
@@ -313,12 +325,37 @@ nodes:
             ),
             (YAML.replace("${ECHO_PORT:-18080}", "${ECHO_PORT}"), "environment variable ECHO_PORT is not set"),
             (YAML.replace("routes: [{", "routes: [{{"), "invalid YAML"),
+            (
+                format!("{YAML}deep: {}\n", "[".repeat(100_000)),
+                "invalid YAML: nested more than 64 levels deep at line 13",
+            ),
+            (
+                format!("{YAML}deep: {}\n", "{a: ".repeat(100_000)),
+                "invalid YAML: nested more than 64 levels deep at line 13",
+            ),
+            (
+                YAML.replace("${ECHO_PORT:-18080}", &format!("${{HUGE:-{}}}", "1".repeat(17 << 20))),
+                "more than the limit of 16777216 bytes",
+            ),
         ];
         for (yaml, want) in cases {
             let p = write(dir.path(), "xds.yaml", &yaml);
             let err = load_with(&p, &env, &|_| true).result.unwrap_err();
             assert!(err.to_string().contains(want), "want {want:?} in {err}");
         }
+        let big = write(
+            dir.path(),
+            "big.yaml",
+            &format!("{YAML}#{}", "x".repeat(16 << 20)),
+        );
+        let err = load_with(&big, &env, &|_| true).result.unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot read ")
+                && err
+                    .to_string()
+                    .ends_with(" bytes, more than the limit of 16777216 bytes"),
+            "{err}"
+        );
         let missing = load_with(&dir.path().join("none.yaml"), &env, &|_| true);
         assert!(missing
             .result

@@ -180,7 +180,9 @@ pub struct FilterSpec {
     /// Host environment variables passed into the VM (`host_env_keys`).
     #[serde(default)]
     pub env: Vec<String>,
-    /// Let requests through when the filter fails (default: fail closed).
+    /// Let requests through when the filter's VM has failed (`failure_policy: FAIL_OPEN`).
+    /// Default: a failed VM is reloaded with backoff and requests fail closed meanwhile
+    /// (`FAIL_RELOAD`). Refused for authentication filters (jwt-shape, portal-auth).
     #[serde(default)]
     pub fail_open: bool,
 }

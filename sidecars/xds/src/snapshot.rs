@@ -11,7 +11,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, async_data_source, config_source, data_source, grpc_service, socket_address,
-    AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
+    AggregatedConfigSource, ApiVersion, AsyncDataSource, BackoffStrategy, ConfigSource, DataSource,
     ExtensionConfigSource, GrpcService, Http2ProtocolOptions, SocketAddress, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
 use envoy_types::pb::envoy::extensions::wasm::v3::{
-    plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig,
+    plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, ReloadConfig, VmConfig,
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue, StringValue};
 use prost::Message;
@@ -51,6 +51,9 @@ pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.rout
 pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 pub const EXT_AUTHZ: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+/// Backoff between reloads of a wasm VM that failed (`reload_config.backoff`).
+pub const VM_RELOAD_BASE: Duration = Duration::from_secs(1);
+pub const VM_RELOAD_MAX: Duration = Duration::from_secs(10);
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const HTTP_PROTOCOL_OPTIONS: &str =
@@ -573,8 +576,16 @@ fn build_filter(f: &crate::validate::PlanFilter) -> TypedExtensionConfig {
                 failure_policy: if *fail_open {
                     FailurePolicy::FailOpen as i32
                 } else {
-                    FailurePolicy::FailClosed as i32
+                    FailurePolicy::FailReload as i32
                 },
+                // a VM that dies (a panic traps it) is replaced by a new one, with backoff;
+                // requests fail closed until it is back
+                reload_config: (!*fail_open).then(|| ReloadConfig {
+                    backoff: Some(BackoffStrategy {
+                        base_interval: Some(duration(VM_RELOAD_BASE)),
+                        max_interval: Some(duration(VM_RELOAD_MAX)),
+                    }),
+                }),
                 vm: Some(plugin_config::Vm::VmConfig(vm)),
                 ..Default::default()
             };
@@ -680,6 +691,36 @@ routes:
             other => panic!("{other:?}"),
         }
         assert_eq!(hcm.http_filters[1].name, "envoy.filters.http.router");
+    }
+
+    fn plugin(s: &Snapshot, name: &str) -> PluginConfig {
+        let any = &s.resources(ResourceType::ExtensionConfig).unwrap().items[name];
+        let tec = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+        let wasm = Wasm::decode(tec.typed_config.unwrap().value.as_slice()).unwrap();
+        wasm.config.unwrap()
+    }
+
+    #[test]
+    fn wasm_vms_that_fail_are_reloaded_unless_fail_open() {
+        let yaml = YAML.replace(
+            "  - { name: floor, type: floor }",
+            "  - { name: floor, type: floor }\n  - { name: optional, type: floor, fail_open: true }",
+        );
+        let s = Snapshot::build(&plan(&yaml)).unwrap();
+        let p = plugin(&s, "floor");
+        assert_eq!(p.failure_policy, FailurePolicy::FailReload as i32);
+        let backoff = p.reload_config.unwrap().backoff.unwrap();
+        assert_eq!(
+            backoff.base_interval,
+            Some(duration(Duration::from_secs(1)))
+        );
+        assert_eq!(
+            backoff.max_interval,
+            Some(duration(Duration::from_secs(10)))
+        );
+        let p = plugin(&s, "optional");
+        assert_eq!(p.failure_policy, FailurePolicy::FailOpen as i32);
+        assert_eq!(p.reload_config, None);
     }
 
     #[test]

@@ -258,6 +258,19 @@ fn check_filter(
             fail_open: f.fail_open,
         }
     };
+    if f.fail_open {
+        if let Some(which) = auth_filter(f) {
+            issues.push(Issue::new(
+                format!("{path}.fail_open"),
+                format!(
+                    "refused for an authentication filter ({which}): if its VM crashed, \
+                     fail_open would let every request through unauthenticated. Remove it: \
+                     a crashed VM is reloaded (failure_policy FAIL_RELOAD) and requests fail \
+                     closed meanwhile"
+                ),
+            ));
+        }
+    }
     for (i, e) in f.env.iter().enumerate() {
         if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             issues.push(Issue::new(
@@ -333,6 +346,43 @@ fn check_filter(
                 failure_mode_allow: *failure_mode_allow,
             })
         }
+    }
+}
+
+/// Whether a filter authenticates requests (so a crash must never let requests through):
+/// `type: jwt-shape`, or a `type: wasm` module that is jwt-shape or portal-auth by its file
+/// name (`jwt_shape*.wasm`, `portal_auth*.wasm`, `-` or `_`) or by the shape of its
+/// configuration (jwt-shape's `providers` + `rules`, portal-auth's `store`). Returns its name.
+pub fn auth_filter(f: &FilterSpec) -> Option<&'static str> {
+    match f.kind {
+        FilterKind::JwtShape => return Some("jwt-shape"),
+        FilterKind::Floor | FilterKind::Authz => return None,
+        FilterKind::Wasm => {}
+    }
+    let stem = f
+        .module
+        .as_deref()
+        .and_then(|m| Path::new(m).file_stem())
+        .map(|s| s.to_string_lossy().to_ascii_lowercase().replace('-', "_"))
+        .unwrap_or_default();
+    if stem.contains("jwt_shape") {
+        return Some("jwt-shape");
+    }
+    if stem.contains("portal_auth") {
+        return Some("portal-auth");
+    }
+    let config = match &f.config {
+        Some(serde_json::Value::String(s)) => serde_json::from_str(s).ok(),
+        Some(v) => Some(v.clone()),
+        None => None,
+    };
+    let obj = config.as_ref().and_then(serde_json::Value::as_object)?;
+    if obj.contains_key("providers") && obj.contains_key("rules") {
+        Some("jwt-shape")
+    } else if obj.contains_key("store") {
+        Some("portal-auth")
+    } else {
+        None
     }
 }
 
@@ -780,6 +830,60 @@ routes:
         // passed into the VM but unset here: accepted (Envoy's host has it)
         let with_env = base.replace("type: jwt-shape,", "type: jwt-shape, env: [HS_SECRET],");
         run(&with_env).unwrap();
+    }
+
+    #[test]
+    fn fail_open_is_refused_for_authentication_filters_only() {
+        let with = |filter: &str| {
+            good().replace(
+                "  - { name: jwt-shape, type: jwt-shape, config: ",
+                &format!("  - {filter}\n  - {{ name: jwt-shape, type: jwt-shape, config: "),
+            )
+        };
+        let refused = [
+            (
+                good().replace("type: jwt-shape,", "type: jwt-shape, fail_open: true,"),
+                "filters[0].fail_open: refused for an authentication filter (jwt-shape)",
+            ),
+            (
+                with("{ name: pa, type: wasm, module: /w/portal_auth.wasm, fail_open: true }"),
+                "filters[0].fail_open: refused for an authentication filter (portal-auth)",
+            ),
+            (
+                with("{ name: pa, type: wasm, module: /w/Portal-Auth.v2.wasm, fail_open: true }"),
+                "(portal-auth)",
+            ),
+            (
+                with("{ name: pa, type: wasm, module: /plugin.wasm, fail_open: true, config: { store: { cluster: authz } } }"),
+                "(portal-auth)",
+            ),
+            (
+                with(&format!("{{ name: js, type: wasm, module: /plugin.wasm, fail_open: true, config: {JWT} }}")),
+                "(jwt-shape)",
+            ),
+        ];
+        for (yaml, want) in refused {
+            let errs = run(&yaml).expect_err(want);
+            assert!(
+                errs.iter()
+                    .any(|e| e.contains(want) && e.contains("every request through")),
+                "want {want:?} in {errs:?}"
+            );
+        }
+        // not authentication: fail_open stays available
+        for filter in [
+            "{ name: f, type: floor, fail_open: true }",
+            "{ name: w, type: wasm, module: /w/headers.wasm, fail_open: true, config: { add: x } }",
+        ] {
+            let plan = run(&with(filter)).unwrap();
+            assert!(matches!(
+                plan.filters[0].kind,
+                PlanFilterKind::Wasm {
+                    fail_open: true,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]
