@@ -44,7 +44,7 @@ fn cluster_opts(name: &str, port: u16, h2: bool) -> Value {
 
 /// The store token every test Envoy (`EDGEGUARD_STORE_TOKEN` in its environment, passed into
 /// portal-auth's VM) and every test `edgeguard authz` share.
-pub const STORE_TOKEN: &str = "edgeguard-test-store-token-0123456789abcdef";
+pub use crate::authz::STORE_TOKEN;
 
 /// A dead VM is replaced after this backoff (as in every shipped configuration).
 pub fn reload_config() -> Value {

@@ -151,6 +151,8 @@ fn every_verdict_over_grpcurl_is_peas_compatible() {
             ("authorization", "sk_live_123"),
             ("rl-plan-free", "victim"),
             ("portal-x", "y"),
+            ("x-edgeguard-sub", "admin"),
+            ("x-other", "kept"),
         ],
     );
     let mut removed: Vec<&str> = v["okResponse"]["headersToRemove"]
@@ -160,7 +162,8 @@ fn every_verdict_over_grpcurl_is_peas_compatible() {
         .map(|x| x.as_str().unwrap())
         .collect();
     removed.sort();
-    assert_eq!(removed, vec!["portal-x", "rl-plan-free"]);
+    // ... and so are jwt-shape's (EDGEGUARD_STRIP_REQUEST_HEADERS, default x-edgeguard-*)
+    assert_eq!(removed, vec!["portal-x", "rl-plan-free", "x-edgeguard-sub"]);
 
     // PEAS's metrics with PEAS's labels
     let m = a.metrics();
@@ -552,6 +555,13 @@ fn bad_settings_stop_startup_naming_the_variable() {
                 ),
             ],
             "must be printable ASCII without spaces",
+        ),
+        (
+            vec![
+                ("POSTGRES_CONNECTION_STRING", pg),
+                ("EDGEGUARD_STRIP_REQUEST_HEADERS", "x-edgeguard-*,host"),
+            ],
+            "EDGEGUARD_STRIP_REQUEST_HEADERS entry 2: 'host' would remove headers every request needs",
         ),
     ] {
         let (code, err) = run(&env);

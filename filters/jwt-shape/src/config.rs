@@ -660,7 +660,10 @@ impl Config {
                 }
             }
         }
-        let strip = HeaderStrip::parse("strip_request_headers", &raw.strip_request_headers)?;
+        let strip = edgeguard_host::parse_header_strip(
+            "strip_request_headers",
+            &raw.strip_request_headers,
+        )?;
         let mut token_headers = Vec::new();
         let mut token_params = Vec::new();
         for p in &providers {

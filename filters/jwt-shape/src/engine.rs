@@ -320,7 +320,7 @@ pub fn on_request<H: Host, M: Metrics>(
     for h in &config.owned_headers {
         host.remove_request_header(h);
     }
-    config.strip.apply(host);
+    edgeguard_host::strip_request_headers(&config.strip, host);
     // Methods are tokens; a byte that is not UTF-8 simply matches no method rule.
     let method = host
         .request_header(":method")

@@ -94,7 +94,7 @@ impl Config {
         if !(1..=60_000).contains(&c.store.timeout_ms) {
             return Err(err("store.timeout_ms", "must be between 1 and 60000"));
         }
-        c.strip = HeaderStrip::parse("strip_request_headers", &c.strip_patterns)?;
+        c.strip = edgeguard_host::parse_header_strip("strip_request_headers", &c.strip_patterns)?;
         if let Some(n) = c.strip_patterns.iter().find(|p| {
             let p = p.to_ascii_lowercase();
             p.starts_with("portal-") || p.starts_with("rl-") || p == "authorization"

@@ -18,4 +18,5 @@ pub mod query;
 pub mod reply;
 pub mod rsa;
 pub mod shape;
+pub mod strip;
 pub mod token;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use edgeguard_verdict::strip::HeaderStrip;
 
 /// Parses a Go-style duration (`300ms`, `30s`, `5m`, `1h30m`); `0` means "use the default".
 pub fn go_duration(
@@ -181,6 +182,24 @@ pub struct AuthzArgs {
     /// the feed is off (404). Prefer the environment: a flag shows in `ps`.
     #[arg(long, env = "EDGEGUARD_STORE_TOKEN", value_parser = store_token, hide_env_values = true)]
     pub store_token: Option<StoreToken>,
+
+    /// Client request headers other edgeguard components own, removed from every allowed
+    /// request (comma-separated; a trailing `*` is a prefix). The default covers jwt-shape's
+    /// `x-edgeguard-*` claim headers, so the ext_authz path never passes a forged one; `""`
+    /// removes nothing extra. `Portal-*`/`Rl-*` are always removed unless stamped.
+    #[arg(long, env = "EDGEGUARD_STRIP_REQUEST_HEADERS", default_value = "x-edgeguard-*",
+          value_parser = strip_list)]
+    pub strip_request_headers: HeaderStrip,
+}
+
+fn strip_list(s: &str) -> Result<HeaderStrip, String> {
+    HeaderStrip::parse_list(s).map_err(|e| {
+        format!(
+            "EDGEGUARD_STRIP_REQUEST_HEADERS entry {}: {}",
+            e.index + 1,
+            e.message
+        )
+    })
 }
 
 #[cfg(test)]

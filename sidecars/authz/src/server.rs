@@ -470,6 +470,7 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         options: CheckOptions {
             rate_limit_headers: args.rate_limit_headers,
         },
+        strip: args.strip_request_headers.clone(),
     };
     info!(grpc = %grpc_addr, http = %http_addr, version = %args.image_tag, "edgeguard authz listening");
     let incoming =

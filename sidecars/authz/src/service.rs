@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers};
+use edgeguard_verdict::strip::HeaderStrip;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -92,11 +93,16 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 }
 
 /// The OK response: PEAS's two headers (plus the optional `Rl-*` one), overwriting client
-/// copies, and removal of every other client-sent `Portal-*`/`Rl-*` header.
-pub fn ok_response(stamped: &[(String, String)], client_names: Vec<&str>) -> CheckResponse {
+/// copies, and removal of every other client-sent `Portal-*`/`Rl-*` header and of every
+/// header `strip` names (headers other edgeguard components own, e.g. `x-edgeguard-*`).
+pub fn ok_response(
+    stamped: &[(String, String)],
+    client_names: Vec<&str>,
+    strip: &HeaderStrip,
+) -> CheckResponse {
     let mut headers_to_remove: Vec<String> = client_names
         .into_iter()
-        .filter(|n| portal::is_owned_header(n))
+        .filter(|n| portal::is_owned_header(n) || strip.matches(n))
         .filter(|n| !stamped.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)))
         .map(|n| n.to_ascii_lowercase())
         .collect();
@@ -157,6 +163,8 @@ pub struct AuthzService {
     pub store: Arc<dyn StoreHandle>,
     pub metrics: Arc<Metrics>,
     pub options: CheckOptions,
+    /// Client headers other components own, removed from allowed requests.
+    pub strip: HeaderStrip,
 }
 
 impl AuthzService {
@@ -193,7 +201,7 @@ impl AuthzService {
                         allowed.rate_limit_decision,
                     ));
                     (
-                        ok_response(&allowed.headers, names),
+                        ok_response(&allowed.headers, names, &self.strip),
                         allowed.app_id.clone(),
                         allowed.app.account_id.to_string(),
                         "authorized",
