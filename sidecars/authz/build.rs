@@ -1,3 +1,4 @@
+#![allow(clippy::panic)] // a build script reports failure by panicking
 //! Compiles the ext_authz service definition into a protobuf descriptor set for gRPC server
 //! reflection (so `grpcurl` needs no .proto files). The .proto files are the ones shipped
 //! inside the `envoy-types` crate package; `protox` compiles them without `protoc`.

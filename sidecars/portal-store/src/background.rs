@@ -57,6 +57,7 @@ fn start() -> Option<Handle> {
 }
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // two libc calls on the thread's own id
 fn lower_priority() {
     // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
     let rc = unsafe {
@@ -93,6 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(unsafe_code)] // reads the thread's own priority
     fn the_store_thread_runs_tasks_at_lower_priority() {
         let h = handle();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,6 +1,7 @@
 //! 1,000,000 apps build into a snapshot (no database); prints time and memory. No timing
 //! assertions: this is a smoke test and a measurement.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+#![allow(unsafe_code)] // a counting global allocator over System
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

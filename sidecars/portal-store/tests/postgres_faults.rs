@@ -1,5 +1,5 @@
 //! Postgres down at start, the last-good snapshot file, Postgres lost mid-run and back.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 

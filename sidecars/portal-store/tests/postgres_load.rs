@@ -1,6 +1,6 @@
 //! Full loads with PEAS's Grove schema and query, usage and the rate-limit summary,
 //! migrations — against a real, throwaway Postgres.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 

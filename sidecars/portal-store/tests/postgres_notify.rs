@@ -1,6 +1,6 @@
 //! Changes propagate: by LISTEN/NOTIFY deltas within 1 s (interval refresh set to an hour,
 //! so NOTIFY is what did it), and without the triggers by the interval refresh.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 

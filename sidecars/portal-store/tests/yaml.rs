@@ -1,5 +1,5 @@
 //! DB-less mode: the YAML file, hot reload, bad edits, the demo file.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 
