@@ -10,8 +10,9 @@
 //! - removes request header `x-smoke-remove-me`; stamps `x-smoke-path`, `x-smoke-method`,
 //!   `x-smoke-source` (attributes), `x-smoke-worker`, `x-smoke-header-count` (all headers),
 //!   `x-smoke-multi-count` (values of `x-smoke-multi`);
-//! - `x-smoke-callout: <path>` → GET `<path>` on cluster `upstream` from the stream, waits, then
-//!   stamps `x-smoke-callout-status` and resumes;
+//! - `x-smoke-callout: <path>` → GET `<path>` on cluster `upstream` (or `x-smoke-callout-cluster`)
+//!   from the stream, waits, then stamps `x-smoke-callout-status` and resumes (a callout that
+//!   cannot start stamps the error and goes on at once);
 //! - `x-smoke-park: <ms>` → stops the request, a thread wakes it through the stream scheduler
 //!   after `<ms>`, then stamps `x-smoke-parked` and resumes;
 //! - on the response: `x-smoke-config` (the configuration bytes as received, or `hex:...` when
@@ -248,10 +249,13 @@ impl Filter for SmokeFilter {
                 .and_then(|c| c.trim().parse::<u32>().ok())
                 .filter(|c| (200..600).contains(c));
             let (status, body) = match status {
-                Some(s) => (s, format!("{{\"smoke\":\"reply\",\"status\":{s}}}")),
+                Some(s) => (
+                    s,
+                    format!("{{\"code\": {s}, \"message\": \"smoke reply\"}}"),
+                ),
                 None => (
                     400,
-                    "{\"error\":\"bad_request\",\"message\":\"x-smoke-reply needs a status code\"}"
+                    "{\"code\": 400, \"message\": \"x-smoke-reply needs a status code\"}"
                         .to_string(),
                 ),
             };
@@ -297,7 +301,11 @@ impl Filter for SmokeFilter {
                 (b":path", &path),
                 (b"host", b"smoke-callout"),
             ];
-            return match f.http_callout("upstream", &headers, b"", Duration::from_secs(5)) {
+            let cluster = f
+                .request_header(b"x-smoke-callout-cluster")
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .unwrap_or_else(|| "upstream".to_string());
+            return match f.http_callout(&cluster, &headers, b"", Duration::from_secs(5)) {
                 Ok(_) => HeadersStatus::StopIteration,
                 Err(e) => {
                     f.set_request_header(b"x-smoke-callout-status", e.to_string().as_bytes());

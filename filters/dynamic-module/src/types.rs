@@ -329,10 +329,11 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The JSON body of the 500 a request gets when a hook panicked (edgeguard's error shape).
+/// The JSON body of the 500 a request gets when a hook panicked, in edgeguard's error shape
+/// (`{"code": <status>, "message": "<text>"}`, as `edgeguard_verdict::reply` renders it).
 pub(crate) fn internal_error_body(filter_name: &str) -> Vec<u8> {
-    let mut out = String::from("{\"error\":\"internal_error\",\"message\":\"");
-    for c in format!("filter {filter_name} failed").chars() {
+    let mut out = String::from("{\"code\": 500, \"message\": \"");
+    for c in format!("internal error in filter {filter_name}").chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -433,12 +434,12 @@ mod tests {
     fn internal_error_body_is_json() {
         assert_eq!(
             internal_error_body("smoke"),
-            b"{\"error\":\"internal_error\",\"message\":\"filter smoke failed\"}"
+            b"{\"code\": 500, \"message\": \"internal error in filter smoke\"}"
         );
         let odd = String::from_utf8(internal_error_body("a\"b\\c\n")).unwrap();
         assert_eq!(
             odd,
-            "{\"error\":\"internal_error\",\"message\":\"filter a\\\"b\\\\c\\u000a failed\"}"
+            "{\"code\": 500, \"message\": \"internal error in filter a\\\"b\\\\c\\u000a\"}"
         );
     }
 }
