@@ -162,8 +162,15 @@ struct SmokeConfig {
     background: Option<Background>,
 }
 
+impl Drop for SmokeConfig {
+    fn drop(&mut self) {
+        log(LogLevel::Info, "smoke configuration dropped");
+    }
+}
+
 impl FilterConfig for SmokeConfig {
     fn new_filter(&self) -> Box<dyn Filter> {
+        log(LogLevel::Trace, "smoke new_filter");
         Box::new(SmokeFilter {
             shared: Arc::clone(&self.shared),
             in_len: None,
@@ -177,6 +184,7 @@ impl FilterConfig for SmokeConfig {
         if event_id != TICK_EVENT {
             return;
         }
+        log(LogLevel::Debug, "smoke background tick");
         let headers: [(&[u8], &[u8]); 3] = [
             (b":method", b"GET"),
             (b":path", b"/smoke-background"),
@@ -195,6 +203,10 @@ impl FilterConfig for SmokeConfig {
         result: CalloutResult,
         response: &CalloutResponse<'_>,
     ) {
+        log(
+            LogLevel::Debug,
+            &format!("smoke background callout done: {result:?}"),
+        );
         match (result, response.status()) {
             (CalloutResult::Success, Some(status)) => {
                 self.shared.callouts_ok.fetch_add(1, Ordering::Relaxed);
