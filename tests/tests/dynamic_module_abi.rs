@@ -97,6 +97,8 @@ fn smoke_module_reads_and_writes_headers_replies_and_counts() {
         Some(config),
         "the bytes as sent"
     );
+    // a gauge set from the stream
+    assert_eq!(envoy.metric("envoy_edgeguard_smoke_in_len"), 5.0);
 
     // removing a response header the upstream sent
     let r = envoy.get(
@@ -160,6 +162,23 @@ fn a_panic_in_any_hook_is_a_500_and_envoy_keeps_serving() {
     let log = envoy.log();
     assert_eq!(log.matches("panic in on_").count(), cases.len(), "{log}");
     assert!(!log.contains("panic outside an Envoy hook"), "{log}");
+}
+
+#[test]
+fn a_panic_while_creating_the_stream_filter_is_a_500_too() {
+    let echo = Echo::start();
+    let mut envoy = start(&echo, vec![smoke(r#"{"panic_in_new_filter": true}"#)]);
+    for i in 1..=5 {
+        let r = envoy.get("/new", &[]);
+        assert_internal_error(&r, "new_filter");
+        assert!(envoy.proc.running());
+        assert_eq!(envoy.metric("envoy_edgeguard_module_panics"), i as f64);
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains("filter \"smoke\": panic in new_filter: smoke: panic requested in new_filter"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! - counts it (`<metrics_namespace>.smoke_requests`);
 //! - `x-smoke-panic` → panics in the request hook (the SDK answers 500, Envoy keeps running);
 //!   `x-smoke-panic-in: response | scheduled | callout` panics in that hook instead;
-//! - `x-smoke-in: <bytes>` → request header `x-smoke-len: <byte length>` (and on the response);
+//! - `x-smoke-in: <bytes>` → request header `x-smoke-len: <byte length>` (and on the response),
+//!   gauge `<metrics_namespace>.smoke_in_len`;
 //! - `x-smoke-reply: <code>` → a local reply with that status and a JSON body;
 //! - removes request header `x-smoke-remove-me`; stamps `x-smoke-path`, `x-smoke-method`,
 //!   `x-smoke-source` (attributes), `x-smoke-worker`, `x-smoke-header-count` (all headers),
@@ -22,6 +23,7 @@
 //! Any other `filter_name` only echoes its configuration bytes in `x-smoke-config-<name>` (to
 //! show what Envoy passes for each `Any` type). Configuration JSON of `smoke`:
 //! `{"refuse": "<reason>"}` refuses, `{"panic": true}` panics in the factory,
+//! `{"panic_in_new_filter": true}` panics whenever a stream starts,
 //! `{"callout_cluster": "<cluster>", "tick_ms": <ms>}` starts background callouts: a ticker
 //! thread commits a main-thread event every `tick_ms`, which sends GET `/smoke-background` to
 //! the cluster from the configuration.
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 use edgeguard_dynamic_module::{
     declare_http_filter, log, Attribute, CalloutResponse, CalloutResult, ConfigEnv,
-    ConfigScheduler, CounterId, EnvoyFilterConfig, EnvoyHttpFilter, Filter, FilterConfig,
+    ConfigScheduler, CounterId, EnvoyFilterConfig, EnvoyHttpFilter, Filter, FilterConfig, GaugeId,
     HeadersStatus, LogLevel, Ticker,
 };
 use serde_json::Value;
@@ -57,12 +59,17 @@ fn new_config(name: &str, config: &[u8], env: &ConfigEnv) -> Result<Box<dyn Filt
     let requests = env
         .define_counter("smoke_requests")
         .map_err(|e| format!("smoke_requests: {e}"))?;
+    let in_len = env
+        .define_gauge("smoke_in_len")
+        .map_err(|e| format!("smoke_in_len: {e}"))?;
     let background_ok = env
         .define_counter("smoke_background_callouts")
         .map_err(|e| format!("smoke_background_callouts: {e}"))?;
     let shared = Arc::new(Shared {
         config_echo: printable(config),
+        panic_in_new_filter: json.get("panic_in_new_filter").and_then(Value::as_bool) == Some(true),
         requests,
+        in_len,
         background_ok,
         callouts_ok: AtomicU64::new(0),
         callouts_failed: AtomicU64::new(0),
@@ -144,7 +151,9 @@ impl Filter for EchoFilter {
 
 struct Shared {
     config_echo: Vec<u8>,
+    panic_in_new_filter: bool,
     requests: CounterId,
+    in_len: GaugeId,
     background_ok: CounterId,
     callouts_ok: AtomicU64,
     callouts_failed: AtomicU64,
@@ -171,6 +180,9 @@ impl Drop for SmokeConfig {
 impl FilterConfig for SmokeConfig {
     fn new_filter(&self) -> Box<dyn Filter> {
         log(LogLevel::Trace, "smoke new_filter");
+        if self.shared.panic_in_new_filter {
+            boom("panic requested in new_filter");
+        }
         Box::new(SmokeFilter {
             shared: Arc::clone(&self.shared),
             in_len: None,
@@ -253,6 +265,7 @@ impl Filter for SmokeFilter {
         if let Some(v) = f.request_header(b"x-smoke-in") {
             let len = v.len();
             self.in_len = Some(len);
+            let _ = f.set_gauge(self.shared.in_len, len as u64);
             f.set_request_header(b"x-smoke-len", len.to_string().as_bytes());
         }
         if let Some(code) = f.request_header_owned(b"x-smoke-reply") {

@@ -961,7 +961,18 @@ unsafe fn with_filter<R: Copy>(
     let config = unsafe { &*slot.config };
     let mut handle = EnvoyHttpFilter::new(envoy);
     let Ok(mut state) = slot.state.try_borrow_mut() else {
-        return skipped; // re-entered while the module's filter is running
+        // re-entered while the module's filter is running (the response hooks of its own
+        // local reply): the module is not called again
+        if log_enabled(LogLevel::Debug) {
+            log(
+                LogLevel::Debug,
+                &format!(
+                    "filter {:?}: {hook} while the filter is running; skipped",
+                    config.name
+                ),
+            );
+        }
+        return skipped;
     };
     let FilterState::Running(filter) = &mut *state else {
         return skipped;
