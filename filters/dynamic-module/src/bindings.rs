@@ -26,8 +26,9 @@ use std::time::Duration;
 
 use crate::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
 use crate::types::{
-    internal_error_body, panic_message, Attribute, CalloutInitError, CalloutResponse,
-    CalloutResult, CounterId, GaugeId, HeaderMap, HistogramId, LogLevel, MetricsError,
+    internal_error_body, local_reply_status, panic_message, Attribute, CalloutInitError,
+    CalloutResponse, CalloutResult, CounterId, GaugeId, HeaderMap, HistogramId, LogLevel,
+    MetricsError,
 };
 use crate::{Filter, FilterConfig};
 
@@ -350,8 +351,8 @@ impl EnvoyHttpFilter {
         self.remove_header(HeaderMap::ResponseHeaders, name)
     }
 
-    /// Answers the request locally (Envoy's `sendLocalReply`) with `status`, `headers` and
-    /// `body`. Return [`crate::HeadersStatus::StopIteration`] (or the body/trailers equivalent) from
+    /// Answers the request locally (Envoy's `sendLocalReply`) with `status` (200–599; anything
+    /// else becomes 500), `headers` and `body`. Return [`crate::HeadersStatus::StopIteration`] (or the body/trailers equivalent) from
     /// the hook afterwards.
     pub fn send_response(&mut self, status: u32, headers: &[(&[u8], &[u8])], body: &[u8]) {
         self.send_response_with_details(status, headers, body, "");
@@ -377,7 +378,7 @@ impl EnvoyHttpFilter {
         unsafe {
             abi::envoy_dynamic_module_callback_http_send_response(
                 self.ptr,
-                status,
+                local_reply_status(status),
                 raw.as_mut_ptr(),
                 raw.len(),
                 module_buffer(body),
@@ -900,8 +901,15 @@ struct ConfigSlot {
 }
 
 impl ConfigSlot {
-    /// Logs a caught panic and counts it (configuration-level counter: any thread).
-    fn report_panic(&self, hook: &str, message: &str, outcome: &str) {
+    /// Logs a caught panic and counts it: through the stream when there is one, else through
+    /// the configuration (the ABI's call for work outside a request).
+    fn report_panic(
+        &self,
+        stream: Option<&EnvoyHttpFilter>,
+        hook: &str,
+        message: &str,
+        outcome: &str,
+    ) {
         log(
             LogLevel::Error,
             &format!(
@@ -910,7 +918,10 @@ impl ConfigSlot {
             ),
         );
         if let Some(id) = self.panics {
-            let _ = EnvoyFilterConfig::new(self.envoy).increment_counter(id, 1);
+            let _ = match stream {
+                Some(stream) => stream.increment_counter(id, 1),
+                None => EnvoyFilterConfig::new(self.envoy).increment_counter(id, 1),
+            };
         }
     }
 }
@@ -986,10 +997,15 @@ unsafe fn with_filter<R: Copy>(
     let _ = drop_guarded(old);
     match on_panic {
         OnPanic::Reply if !handle.replied => {
-            config.report_panic(hook, &message, "the request gets a 500");
+            config.report_panic(Some(&handle), hook, &message, "the request gets a 500");
             reply_internal_error(&mut handle, &config.name);
         }
-        _ => config.report_panic(hook, &message, "the filter is skipped for this stream"),
+        _ => config.report_panic(
+            Some(&handle),
+            hook,
+            &message,
+            "the filter is skipped for this stream",
+        ),
     }
     panicked
 }
@@ -1093,7 +1109,7 @@ pub mod hooks {
     /// Envoy's arguments to `envoy_dynamic_module_on_http_filter_new` (I1, I2).
     pub unsafe fn filter_new(
         config: abi::HttpFilterConfigModulePtr,
-        _envoy: abi::HttpFilterEnvoyPtr,
+        envoy: abi::HttpFilterEnvoyPtr,
     ) -> abi::HttpFilterModulePtr {
         if config.is_null() {
             return std::ptr::null();
@@ -1103,7 +1119,13 @@ pub mod hooks {
         let (state, reply) = match guarded(|| slot.config.new_filter()) {
             Ok(filter) => (FilterState::Running(filter), false),
             Err(message) => {
-                slot.report_panic("new_filter", &message, "the request gets a 500");
+                let stream = (!envoy.is_null()).then(|| EnvoyHttpFilter::new(envoy));
+                slot.report_panic(
+                    stream.as_ref(),
+                    "new_filter",
+                    &message,
+                    "the request gets a 500",
+                );
                 (FilterState::Failed, true)
             }
         };
@@ -1128,7 +1150,7 @@ pub mod hooks {
         if let Err(message) = drop_guarded(slot) {
             // SAFETY: I3: the configuration outlives its filters.
             let config = unsafe { &*config };
-            config.report_panic("filter drop", &message, "the filter is gone");
+            config.report_panic(None, "filter drop", &message, "the filter is gone");
         }
     }
 
@@ -1356,7 +1378,12 @@ pub mod hooks {
         let slot = unsafe { &*module.cast::<ConfigSlot>() };
         let mut handle = EnvoyFilterConfig::new(envoy);
         if let Err(message) = guarded(|| slot.config.on_scheduled(&mut handle, event_id)) {
-            slot.report_panic("on_scheduled (configuration)", &message, "event dropped");
+            slot.report_panic(
+                None,
+                "on_scheduled (configuration)",
+                &message,
+                "event dropped",
+            );
         }
     }
 
@@ -1393,6 +1420,7 @@ pub mod hooks {
                 .on_callout_done(&mut handle, callout_id, result, &response)
         }) {
             slot.report_panic(
+                None,
                 "on_callout_done (configuration)",
                 &message,
                 "response dropped",

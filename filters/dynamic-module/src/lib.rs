@@ -27,6 +27,15 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// With `panic = "abort"` (the workspace's release profile, meant for wasm) `catch_unwind` catches
+// nothing and the first panic in a hook would abort Envoy. Build modules with the `native`
+// profile: `cargo build --profile native -p <module>` (`make native-modules`).
+#[cfg(all(panic = "abort", not(target_family = "wasm")))]
+compile_error!(
+    "edgeguard-dynamic-module needs panic = \"unwind\": build with `--profile native` \
+     (make native-modules), not --release"
+);
+
 pub mod abi;
 #[allow(unsafe_code)]
 mod bindings;

@@ -318,6 +318,15 @@ impl<'a> CalloutResponse<'a> {
     }
 }
 
+/// The status a local reply really gets: one Envoy can send (200–599), 500 otherwise.
+pub(crate) fn local_reply_status(status: u32) -> u32 {
+    if (200..=599).contains(&status) {
+        status
+    } else {
+        500
+    }
+}
+
 /// The text of a panic payload (`panic!("...")` carries a `&str` or a `String`).
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -415,6 +424,16 @@ mod tests {
             body_chunks: vec![],
         };
         assert_eq!(bad.status(), None);
+    }
+
+    #[test]
+    fn local_reply_statuses() {
+        assert_eq!(local_reply_status(200), 200);
+        assert_eq!(local_reply_status(418), 418);
+        assert_eq!(local_reply_status(599), 599);
+        for bad in [0, 99, 100, 199, 600, 1000, u32::MAX] {
+            assert_eq!(local_reply_status(bad), 500, "{bad}");
+        }
     }
 
     #[test]
