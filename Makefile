@@ -18,12 +18,19 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR    := $(ROOT)/target/$(WASM_TARGET)/release
 FILTERS     := jwt-shape portal-auth floor
 CARGO       ?= cargo
+# Native Envoy dynamic modules (cdylib lib<name>.so), built with the workspace's `native`
+# profile (release, but panic = unwind so every hook can catch a panic) into NATIVE_DIR, the
+# folder Envoy gets as ENVOY_DYNAMIC_MODULES_SEARCH_PATH. NATIVE_TEST_MODULES are test-only.
+NATIVE_DIR          := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/native
+NATIVE_MODULES      :=
+NATIVE_TEST_MODULES := edgeguard-dm-smoke
 
 export EDGEGUARD_ENVOY    := $(ENVOY)
 export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
+export EDGEGUARD_NATIVE_DIR := $(NATIVE_DIR)
 
-.PHONY: help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native run run-xds test unit bench lint fmt clean \
+.PHONY: help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -31,7 +38,7 @@ help:
 	@echo "make run-xds the same demo with Envoy configured over ADS by edgeguard xds (envoy/xds/demo.yaml)"
 	@echo "make test    install what is needed, build, run unit + integration tests (real Envoy)"
 	@echo "make bench   side-by-side load tests through Envoy (wrk), prints ratios"
-	@echo "make build   wasm filters + native edgeguard binary"
+	@echo "make build   wasm filters + native edgeguard binary + native Envoy modules (target/native)"
 	@echo "make lint    cargo fmt --check + clippy -D warnings"
 	@echo "make validate-manifests  istio/ and compose/ against schemas, offline (part of make test)"
 
@@ -94,7 +101,15 @@ wasm-test: wasm
 native:
 	$(CARGO) build --locked --release -p edgeguard
 
-build: wasm native
+# The Envoy dynamic modules into $(NATIVE_DIR)/lib*.so (nothing yet but the test module).
+native-modules: toolchain
+	$(if $(strip $(NATIVE_MODULES)),$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_MODULES)),@echo ">> no native Envoy modules to build yet")
+
+# ... plus the test-only ones (libedgeguard_dm_smoke.so: tests/tests/dynamic_module_abi.rs).
+native-test: toolchain
+	$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_MODULES) $(NATIVE_TEST_MODULES))
+
+build: wasm native native-modules
 
 # ---------------------------------------------------------------- run
 run: tools build
@@ -104,7 +119,7 @@ run-xds: tools build
 	@envoy/xds/run.sh
 
 # ---------------------------------------------------------------- test
-test: tools wasm-test postgres validate-manifests
+test: tools wasm-test native-test postgres validate-manifests
 	$(CARGO) build --locked -p edgeguard
 	$(CARGO) test --locked --workspace --no-fail-fast
 

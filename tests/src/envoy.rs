@@ -99,6 +99,39 @@ pub fn wasm_filter_with_policy(
     })
 }
 
+/// The metrics namespace of the harness's dynamic-module filters: their metrics appear as
+/// `envoy_edgeguard_<name>` on `/stats/prometheus`.
+pub const DYNAMIC_MODULE_METRICS_NAMESPACE: &str = "edgeguard";
+
+/// The HTTP dynamic-module filter loading `lib<module>.so` (from the search path the harness
+/// gives Envoy, [`crate::tools::native_dir`]) with `filter_name` and `config_json` as a
+/// `google.protobuf.StringValue` (the module receives exactly these bytes).
+pub fn dynamic_module_filter(module: &str, filter_name: &str, config_json: &str) -> Value {
+    dynamic_module_filter_any(
+        module,
+        filter_name,
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config_json}),
+    )
+}
+
+/// [`dynamic_module_filter`] with any `filter_config` (an `Any` in JSON form). The module is
+/// kept loaded (`do_not_close`: its background threads must never outlive the code).
+pub fn dynamic_module_filter_any(module: &str, filter_name: &str, filter_config: Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "name": module,
+                "do_not_close": true,
+                "metrics_namespace": DYNAMIC_MODULE_METRICS_NAMESPACE
+            },
+            "filter_name": filter_name,
+            "filter_config": filter_config
+        }
+    })
+}
+
 /// What to start.
 pub struct EnvoyConfig {
     pub http_filters: Vec<Value>,
@@ -125,6 +158,10 @@ impl EnvoyConfig {
             log_level: "info",
         }
         .with_env("EDGEGUARD_STORE_TOKEN", STORE_TOKEN)
+        .with_env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            &crate::tools::native_dir().to_string_lossy(),
+        )
     }
 
     /// Adds a variable to Envoy's environment.

@@ -42,6 +42,24 @@ pub fn wasm(name: &str) -> PathBuf {
     must_exist(dir.join(format!("{name}.wasm")), "EDGEGUARD_WASM_DIR")
 }
 
+/// The folder of the native Envoy dynamic modules (`lib<name>.so`, built by
+/// `make native-modules` with the workspace's `native` profile): `EDGEGUARD_NATIVE_DIR`, by
+/// default `target/native`. Not checked here: Envoy gets it as its module search path.
+pub fn native_dir() -> PathBuf {
+    std::env::var_os("EDGEGUARD_NATIVE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/native"))
+}
+
+/// A built native module, e.g. `native_module("edgeguard_dm_smoke")`:
+/// `lib<name>.so` in [`native_dir`].
+pub fn native_module(name: &str) -> PathBuf {
+    must_exist(
+        native_dir().join(format!("lib{name}.so")),
+        "EDGEGUARD_NATIVE_DIR",
+    )
+}
+
 /// The `edgeguard` binary.
 pub fn edgeguard() -> PathBuf {
     from_env("EDGEGUARD_BIN", root().join("target/debug/edgeguard"))
