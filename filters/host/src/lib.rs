@@ -11,7 +11,9 @@ pub mod abi;
 #[cfg(target_arch = "wasm32")]
 mod proxy_wasm_host;
 #[cfg(target_arch = "wasm32")]
-pub use proxy_wasm_host::{call_response_status, log_line, now, ProxyWasmHost, WasmMetrics};
+pub use proxy_wasm_host::{
+    call_response_status, log_line, now, ProxyWasmBackground, ProxyWasmHost, WasmMetrics,
+};
 
 /// A filter configuration error: the field path and what is wrong with it, printed as
 /// `field: message` (the one log line Envoy shows when a filter refuses its configuration).
@@ -120,6 +122,91 @@ pub trait Host {
     }
     /// Writes a log line.
     fn log(&self, level: Level, message: &str);
+}
+
+/// What a filter's background owner needs from the proxy: the proxy-wasm root context (one
+/// per VM) or the native filter configuration (one per Envoy process, on the main thread).
+/// JWKS fetches and store syncs run against it, so they are tested natively with
+/// [`TestBackground`].
+pub trait Background {
+    /// Starts an HTTP call through an Envoy cluster; the answer comes back (to the owner's
+    /// callback) with the returned id. `Err` when the call cannot even start.
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<u64, String>;
+    /// Writes a log line.
+    fn log(&self, level: Level, message: &str);
+}
+
+/// An HTTP call recorded by [`TestBackground`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub id: u64,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: std::time::Duration,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A background owner for unit tests: records the calls started (answer them by calling the
+/// filter's callback with their ids) and the log lines; `refuse_calls` makes starting fail.
+#[derive(Debug, Default)]
+pub struct TestBackground {
+    pub calls: RefCell<Vec<Call>>,
+    pub logs: RefCell<Vec<(Level, String)>>,
+    pub refuse_calls: std::cell::Cell<bool>,
+    next_id: std::cell::Cell<u64>,
+}
+
+impl TestBackground {
+    /// The calls started since the last time this was asked.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.borrow().iter().any(|(_, l)| l.contains(needle))
+    }
+}
+
+impl Background for TestBackground {
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<u64, String> {
+        if self.refuse_calls.get() {
+            return Err(format!("no cluster {cluster}"));
+        }
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        self.calls.borrow_mut().push(Call {
+            id,
+            cluster: cluster.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout,
+        });
+        Ok(id)
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
 }
 
 /// A request header as text: `Ok(None)` when absent, `Err(NotUtf8)` when present but not UTF-8.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType, MetricType};
 
-use crate::{Host, Level, Metrics};
+use crate::{Background, Host, Level, Metrics};
 
 fn to_log_level(level: Level) -> LogLevel {
     match level {
@@ -72,6 +72,28 @@ impl Host for ProxyWasmHost {
         if hostcalls::send_http_response(status, headers.to_vec(), Some(body.as_bytes())).is_err() {
             log_line(Level::Error, "edgeguard: could not send the local reply");
         }
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        log_line(level, message);
+    }
+}
+
+/// The root context's [`Background`]: calls go out with `proxy_dispatch_http_call`, their
+/// answers arrive in the root context's `on_http_call_response` with the same id.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyWasmBackground;
+
+impl Background for ProxyWasmBackground {
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<u64, String> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
+            .map(u64::from)
+            .map_err(|status| format!("{status:?}"))
     }
 
     fn log(&self, level: Level, message: &str) {

@@ -1,13 +1,19 @@
-//! A bounded cache of verified tokens, one per VM (so per Envoy worker). A hit skips base64,
+//! A bounded cache of verified tokens: one per VM in the wasm build (so per Envoy worker), one
+//! per Envoy process in the native build, where every worker shares it. A hit skips base64,
 //! JSON and the signature check; an entry lives no longer than the token (`exp` + skew) and no
 //! longer than the key set that verified it (entries carry the key-set generation).
+//!
+//! [`SharedCache`] splits the cache into shards by token hash, each behind its own lock, so
+//! workers looking up different tokens never wait for each other (the wasm build uses one
+//! shard: a VM has one thread).
 //!
 //! Entries are compact (no claim set is kept, only what a request needs afterwards: the header
 //! values to stamp and the parsed shape claim), and each token is stored once, shared between
 //! the map and the eviction queue, so 4096 entries cost a few MiB per worker.
 
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use edgeguard_verdict::shape::{ClaimError, Shape};
 use rustc_hash::FxBuildHasher;
@@ -26,7 +32,7 @@ pub struct Verified {
 struct Entry {
     provider: usize,
     generation: u64,
-    verified: Rc<Verified>,
+    verified: Arc<Verified>,
 }
 
 /// FIFO-evicted map from token to verification result. Only verified tokens are inserted, so
@@ -34,8 +40,8 @@ struct Entry {
 /// full token is compared on lookup.
 pub struct TokenCache {
     max: usize,
-    map: HashMap<Rc<str>, Entry, FxBuildHasher>,
-    order: VecDeque<Rc<str>>,
+    map: HashMap<Arc<str>, Entry, FxBuildHasher>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl TokenCache {
@@ -54,7 +60,7 @@ impl TokenCache {
         provider: usize,
         generation: u64,
         now: f64,
-    ) -> Option<Rc<Verified>> {
+    ) -> Option<Arc<Verified>> {
         let entry = self.map.get(token)?;
         let fresh = entry.provider == provider
             && entry.generation == generation
@@ -72,7 +78,7 @@ impl TokenCache {
         token: &str,
         provider: usize,
         generation: u64,
-        verified: Rc<Verified>,
+        verified: Arc<Verified>,
     ) {
         if self.max == 0 {
             return;
@@ -90,7 +96,7 @@ impl TokenCache {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
-        let key: Rc<str> = Rc::from(token);
+        let key: Arc<str> = Arc::from(token);
         let entry = Entry {
             provider,
             generation,
@@ -110,12 +116,81 @@ impl TokenCache {
     }
 }
 
+/// Shards a native build uses (a power of two; the wasm build uses one).
+pub const NATIVE_SHARDS: usize = 16;
+
+/// A [`TokenCache`] split into shards by token hash, each behind its own lock.
+pub struct SharedCache {
+    shards: Box<[Mutex<TokenCache>]>,
+}
+
+fn lock(m: &Mutex<TokenCache>) -> MutexGuard<'_, TokenCache> {
+    // a panic while holding the lock (caught at the native module's boundary) leaves a cache
+    // whose entries are still valid results: keep using it
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SharedCache {
+    /// At most `max` entries in all, over `shards` shards (at least one).
+    pub fn new(max: usize, shards: usize) -> SharedCache {
+        let shards = shards.max(1);
+        let per_shard = if max == 0 { 0 } else { max.div_ceil(shards) };
+        SharedCache {
+            shards: (0..shards)
+                .map(|_| Mutex::new(TokenCache::new(per_shard)))
+                .collect(),
+        }
+    }
+
+    /// One shard for the wasm build (one thread per VM), [`NATIVE_SHARDS`] otherwise.
+    pub fn for_this_build(max: usize) -> SharedCache {
+        let shards = if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            NATIVE_SHARDS
+        };
+        SharedCache::new(max, shards)
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<TokenCache> {
+        // the high half of a multiplied hash mixes every input bit (Fx's low bits do not)
+        let h = FxBuildHasher
+            .hash_one(token)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 32;
+        // `shards` is never empty (`new` makes at least one)
+        &self.shards[h as usize % self.shards.len()]
+    }
+
+    pub fn get(
+        &self,
+        token: &str,
+        provider: usize,
+        generation: u64,
+        now: f64,
+    ) -> Option<Arc<Verified>> {
+        lock(self.shard(token)).get(token, provider, generation, now)
+    }
+
+    pub fn insert(&self, token: &str, provider: usize, generation: u64, verified: Arc<Verified>) {
+        lock(self.shard(token)).insert(token, provider, generation, verified);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn v(not_after: Option<f64>) -> Rc<Verified> {
-        Rc::new(Verified {
+    fn v(not_after: Option<f64>) -> Arc<Verified> {
+        Arc::new(Verified {
             not_after,
             headers: Vec::new(),
             shape: None,
@@ -151,6 +226,20 @@ mod tests {
         assert!(c.get("t99", 0, 0, 0.0).is_some());
         assert!(c.get("t0", 0, 0, 0.0).is_none());
         let mut none = TokenCache::new(0);
+        none.insert("t", 0, 0, v(None));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn shards_stay_bounded_and_find_their_tokens() {
+        let c = SharedCache::new(64, 16);
+        for i in 0..1000 {
+            c.insert(&format!("t{i}"), 0, 0, v(None));
+            assert!(c.len() <= 64);
+        }
+        c.insert("kept", 0, 0, v(None));
+        assert!(c.get("kept", 0, 0, 0.0).is_some());
+        let none = SharedCache::new(0, 16);
         none.insert("t", 0, 0, v(None));
         assert!(none.is_empty());
     }

@@ -2,7 +2,7 @@
 //! unit tests) and inside Envoy. One call decides one request: allow (after rewriting headers),
 //! deny with a local reply, or wait for keys that are being fetched.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use edgeguard_host::{header_text, Host, Level, Metrics, NotUtf8};
 use edgeguard_verdict::query::{self, QueryParam};
@@ -10,29 +10,10 @@ use edgeguard_verdict::reply::json_body;
 use edgeguard_verdict::shape::{self, ClaimError};
 use edgeguard_verdict::token::{self, TokenError};
 
-use crate::cache::{TokenCache, Verified};
+use crate::cache::Verified;
 use crate::config::{Config, Provider, Requirement, TokenLocation, Unmatched};
-use crate::keys::ProviderKeys;
 use crate::metrics;
-
-/// Mutable per-VM state: key sets and the verified-token cache.
-pub struct State {
-    pub keys: Vec<ProviderKeys>,
-    pub cache: TokenCache,
-}
-
-impl State {
-    pub fn new(config: &Config) -> State {
-        State {
-            keys: config
-                .providers
-                .iter()
-                .map(|p| ProviderKeys::new(&p.keys))
-                .collect(),
-            cache: TokenCache::new(config.cache_entries),
-        }
-    }
-}
+use crate::state::Shared;
 
 /// What became of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,15 +215,15 @@ fn with_query(path: &str, query: &str) -> String {
 
 /// Verifies a token (or finds it in the cache).
 enum Verification {
-    Ok(Rc<Verified>),
+    Ok(Arc<Verified>),
     Err(TokenError),
     Wait,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn verify<M: Metrics>(
+fn verify<W, M: Metrics>(
     config: &Config,
-    state: &mut State,
+    shared: &Shared<W>,
     metrics: &M,
     provider_index: usize,
     provider: &Provider,
@@ -250,11 +231,13 @@ fn verify<M: Metrics>(
     now: f64,
     may_wait: bool,
 ) -> Verification {
-    let Some(keys) = state.keys.get_mut(provider_index) else {
+    let Some(slot) = shared.provider(provider_index) else {
         return Verification::Err(TokenError::KeysUnavailable);
     };
-    let generation = keys.generation;
-    if let Some(hit) = state.cache.get(token, provider_index, generation, now) {
+    if let Some(hit) = shared
+        .cache
+        .get(token, provider_index, slot.generation(), now)
+    {
         metrics.increment(metrics::CACHE_HIT);
         return Verification::Ok(hit);
     }
@@ -263,14 +246,15 @@ fn verify<M: Metrics>(
         Ok(j) => j,
         Err(e) => return Verification::Err(e),
     };
-    let Some(set) = keys.set.clone() else {
-        if may_wait && keys.first_load_pending(now) {
+    let (generation, set) = slot.current();
+    let Some(set) = set else {
+        if may_wait && slot.with_keys(|k| k.first_load_pending(now)) {
             return Verification::Wait;
         }
         return Verification::Err(TokenError::KeysUnavailable);
     };
     if let Err(e) = set.verify(&jws, &provider.algorithms) {
-        if e == TokenError::UnknownKid && may_wait && keys.want_refetch(now) {
+        if e == TokenError::UnknownKid && may_wait && slot.with_keys(|k| k.want_refetch(now)) {
             return Verification::Wait;
         }
         return Verification::Err(e);
@@ -296,21 +280,21 @@ fn verify<M: Metrics>(
                 .map(|v| (i, v.into_boxed_str()))
         })
         .collect();
-    let verified = Rc::new(Verified {
+    let verified = Arc::new(Verified {
         not_after: validity.not_after,
         headers,
         shape,
     });
-    state
+    shared
         .cache
         .insert(token, provider_index, generation, verified.clone());
     Verification::Ok(verified)
 }
 
 /// Decides one request. `may_wait` is false when the request already waited for keys once.
-pub fn on_request<H: Host, M: Metrics>(
+pub fn on_request<W, H: Host, M: Metrics>(
     config: &Config,
-    state: &mut State,
+    shared: &Shared<W>,
     host: &H,
     metrics: &M,
     now: f64,
@@ -411,7 +395,7 @@ pub fn on_request<H: Host, M: Metrics>(
                 // Check the token first: an anonymous client learns nothing about the query rules.
                 match verify(
                     config,
-                    state,
+                    shared,
                     metrics,
                     provider_index,
                     provider,
@@ -436,7 +420,7 @@ pub fn on_request<H: Host, M: Metrics>(
 
     let verified = match verify(
         config,
-        state,
+        shared,
         metrics,
         provider_index,
         provider,
@@ -555,4 +539,14 @@ pub fn vary_value(existing: Option<&[u8]>) -> Option<Vec<u8>> {
             Some(out)
         }
     }
+}
+
+/// The answer when a request would wait for keys but too many already do.
+pub fn too_many_waiting<H: Host, M: Metrics>(host: &H, metrics: &M) {
+    host.send_response(
+        503,
+        &[("content-type", "application/json"), ("retry-after", "1")],
+        &json_body(503, "too many requests waiting for signing keys"),
+    );
+    metrics.increment(&metrics::denied("keys_unavailable"));
 }

@@ -1,7 +1,7 @@
 //! Per-provider key state and the schedule of background JWKS fetches. Pure: the wasm root
 //! context asks [`ProviderKeys::fetch_due`] on every tick and reports results back.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use edgeguard_verdict::jwk::{JwksError, KeySet};
 
@@ -23,7 +23,7 @@ pub enum FetchReason {
 #[derive(Debug)]
 pub struct ProviderKeys {
     /// The current set; `None` until a remote JWKS loaded once.
-    pub set: Option<Rc<KeySet>>,
+    pub set: Option<Arc<KeySet>>,
     /// Bumped whenever the set changes, so cached verdicts of an old set are not reused.
     pub generation: u64,
     pub remote: Option<RemoteState>,
@@ -46,7 +46,7 @@ impl ProviderKeys {
     pub fn new(source: &KeySource) -> ProviderKeys {
         match source {
             KeySource::Static(set) => ProviderKeys {
-                set: Some(Rc::new(set.clone())),
+                set: Some(Arc::new(set.clone())),
                 generation: 1,
                 remote: None,
             },
@@ -116,7 +116,7 @@ impl ProviderKeys {
         match result {
             Ok(set) => {
                 r.last_success = Some(now);
-                self.set = Some(Rc::new(set));
+                self.set = Some(Arc::new(set));
                 self.generation += 1;
             }
             Err(_) => r.last_failure = Some(now),
@@ -133,7 +133,7 @@ impl ProviderKeys {
             return false;
         }
         r.last_success = Some(fetched_at);
-        self.set = Some(Rc::new(set));
+        self.set = Some(Arc::new(set));
         self.generation += 1;
         true
     }

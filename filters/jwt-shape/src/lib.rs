@@ -7,8 +7,10 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod jwks;
 pub mod keys;
 pub mod metrics;
+pub mod state;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

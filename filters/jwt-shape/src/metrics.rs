@@ -29,6 +29,7 @@ pub const DENIAL_REASONS: &[&str] = &[
     "shape_mismatch",
     "shape_claim",
     "no_rule",
+    "bad_path",
 ];
 
 /// The counter of denials for one reason.

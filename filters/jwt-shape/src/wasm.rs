@@ -1,51 +1,39 @@
-//! proxy-wasm glue: root context (configuration, JWKS fetches on ticks) and HTTP contexts
-//! (one per request). All decisions are in [`crate::engine`].
+//! proxy-wasm glue: the root context owns the VM's state and runs the JWKS background work
+//! ([`crate::jwks`]) on its tick; HTTP contexts (one per request) decide with
+//! [`crate::engine`]. A request parked while keys load is decided again by the root, on the
+//! request's behalf, when they arrive.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 use edgeguard_host::{
-    call_response_status, log_line, now, Host, Level, Metrics, ProxyWasmHost, WasmMetrics,
+    call_response_status, log_line, now, Host, Level, ProxyWasmBackground, ProxyWasmHost,
+    WasmMetrics,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::{Config, KeySource, ProcessEnv, RemoteJwks};
-use crate::engine::{self, Outcome, State};
-use crate::keys::{self, FetchReason};
+use crate::engine::{self, Outcome};
+use crate::jwks;
+use crate::keys;
 use crate::metrics;
-
-const TICK: Duration = Duration::from_millis(100);
-/// Requests parked while keys load, per VM, at most.
-const MAX_WAITING: usize = 10_000;
+use crate::state::Shared;
 
 proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         log_line(Level::Critical, &format!("edgeguard jwt-shape: panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, shared: None, callouts: HashMap::new(), seen: HashMap::new() }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, vm: None, seen: HashMap::new(), decided: Rc::default() }) });
 }}
 
-struct Shared {
+/// What the root context and its HTTP contexts share. A parked request is woken by its
+/// context id.
+struct Vm {
     config: Config,
-    state: RefCell<State>,
+    shared: Shared<u32>,
     metrics: WasmMetrics,
-    /// HTTP contexts paused until a provider's keys arrive: (context id, provider).
-    waiting: RefCell<Vec<(u32, usize)>>,
-    /// Contexts decided by the root after waiting: context id → add `Vary`.
-    decided: RefCell<HashMap<u32, bool>>,
-}
-
-impl Shared {
-    fn remote(&self, provider: usize) -> Option<&RemoteJwks> {
-        match &self.config.providers.get(provider)?.keys {
-            KeySource::Remote(r) => Some(r),
-            KeySource::Static(_) => None,
-        }
-    }
 }
 
 /// Shared-data key under which workers publish a remote JWKS they fetched, so every worker
@@ -79,44 +67,34 @@ fn read_published(key: &str) -> Option<(f64, Vec<u8>, u32)> {
 
 struct Root {
     id: u32,
-    shared: Option<Rc<Shared>>,
-    /// JWKS calls in flight: token → provider.
-    callouts: HashMap<u32, usize>,
+    vm: Option<Rc<Vm>>,
     /// Shared-data versions already looked at, per provider.
     seen: HashMap<usize, u32>,
+    /// Contexts decided by the root after waiting: context id → add `Vary`.
+    decided: Rc<std::cell::RefCell<HashMap<u32, bool>>>,
 }
 
 impl Root {
-    fn resume_waiting(&self, shared: &Shared, provider: usize) {
-        let ids: Vec<u32> = {
-            let mut waiting = shared.waiting.borrow_mut();
-            let ids = waiting
-                .iter()
-                .filter(|(_, p)| *p == provider)
-                .map(|(id, _)| *id)
-                .collect();
-            waiting.retain(|(_, p)| *p != provider);
-            ids
-        };
+    /// Decides every request parked for `provider` (keys arrived, or will not).
+    fn resume_waiting(&self, vm: &Vm, provider: usize) {
         let now = now();
-        for id in ids {
-            if hostcalls::set_effective_context(id).is_err() {
+        for (id, _) in vm.shared.take_waiting(provider) {
+            let Ok(context) = u32::try_from(id) else {
+                continue;
+            };
+            if hostcalls::set_effective_context(context).is_err() {
                 continue;
             }
-            let outcome = {
-                let mut state = shared.state.borrow_mut();
-                engine::on_request(
-                    &shared.config,
-                    &mut state,
-                    &ProxyWasmHost,
-                    &shared.metrics,
-                    now,
-                    false,
-                )
-            };
-            match outcome {
+            match engine::on_request(
+                &vm.config,
+                &vm.shared,
+                &ProxyWasmHost,
+                &vm.metrics,
+                now,
+                false,
+            ) {
                 Outcome::Allowed { vary } => {
-                    shared.decided.borrow_mut().insert(id, vary);
+                    self.decided.borrow_mut().insert(context, vary);
                     let _ = hostcalls::resume_http_request();
                 }
                 Outcome::Denied => {}
@@ -128,6 +106,33 @@ impl Root {
         }
         let _ = hostcalls::set_effective_context(self.id);
     }
+
+    /// Adopts keys other workers of this VM id fetched; returns the providers that changed.
+    fn adopt_published(&mut self, vm: &Vm) -> Vec<usize> {
+        let mut changed = Vec::new();
+        for (i, provider) in vm.config.providers.iter().enumerate() {
+            let KeySource::Remote(remote) = &provider.keys else {
+                continue;
+            };
+            let Some((at, body, cas)) = read_published(&remote_key(remote)) else {
+                continue;
+            };
+            if self.seen.insert(i, cas) == Some(cas) {
+                continue;
+            }
+            let Ok((set, _)) = keys::parse_response(Some("200"), Some(&body)) else {
+                continue;
+            };
+            let adopted = vm
+                .shared
+                .provider(i)
+                .is_some_and(|slot| slot.with_keys(|k| k.adopt(set, at)));
+            if adopted {
+                changed.push(i);
+            }
+        }
+        changed
+    }
 }
 
 impl Context for Root {
@@ -138,10 +143,7 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(provider) = self.callouts.remove(&token_id) else {
-            return;
-        };
-        let Some(shared) = self.shared.clone() else {
+        let Some(vm) = self.vm.clone() else {
             return;
         };
         let status = call_response_status();
@@ -152,50 +154,33 @@ impl Context for Root {
                 .ok()
                 .flatten()
         };
-        let name = shared
-            .config
-            .providers
-            .get(provider)
-            .map_or("?", |p| p.name.as_str())
-            .to_string();
-        let result = keys::parse_response(status.as_deref(), body.as_deref());
         let now = now();
-        {
-            let mut state = shared.state.borrow_mut();
-            let Some(k) = state.keys.get_mut(provider) else {
-                return;
-            };
-            match result {
-                Ok((set, skipped)) => {
-                    shared.metrics.increment(metrics::JWKS_FETCH_OK);
-                    if let (Some(remote), Some(body)) = (shared.remote(provider), body.as_deref()) {
-                        publish(&remote_key(remote), now, body);
-                    }
-                    let kids = set.kids().join(", ");
-                    log_line(Level::Info, &format!("edgeguard jwt-shape: provider '{name}': JWKS loaded, {} key(s) [{kids}]", set.keys.len()));
-                    for s in skipped {
-                        log_line(
-                            Level::Warn,
-                            &format!(
-                                "edgeguard jwt-shape: provider '{name}': JWKS key skipped: {s}"
-                            ),
-                        );
-                    }
-                    k.fetch_finished(Ok(set), now);
-                }
-                Err(e) => {
-                    shared.metrics.increment(metrics::JWKS_FETCH_FAILED);
-                    let keeping = if k.set.is_some() {
-                        "keeping the last good keys"
-                    } else {
-                        "no keys yet"
-                    };
-                    log_line(Level::Warn, &format!("edgeguard jwt-shape: provider '{name}': JWKS fetch failed: {e}; {keeping}"));
-                    k.fetch_finished(Err(e), now);
-                }
+        let Some(answered) = jwks::answer(
+            &vm.config,
+            &vm.shared,
+            &ProxyWasmBackground,
+            &vm.metrics,
+            u64::from(token_id),
+            status.as_deref(),
+            body.as_deref(),
+            now,
+        ) else {
+            return;
+        };
+        if answered.loaded {
+            let remote = vm
+                .config
+                .providers
+                .get(answered.provider)
+                .and_then(|p| match &p.keys {
+                    KeySource::Remote(r) => Some(r),
+                    KeySource::Static(_) => None,
+                });
+            if let (Some(remote), Some(body)) = (remote, body.as_deref()) {
+                publish(&remote_key(remote), now, body);
             }
         }
-        self.resume_waiting(&shared, provider);
+        self.resume_waiting(&vm, answered.provider);
     }
 }
 
@@ -215,10 +200,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let remote = config
-            .providers
-            .iter()
-            .any(|p| matches!(p.keys, KeySource::Remote(_)));
         let m = WasmMetrics::default();
         for name in metrics::all() {
             m.define(&name);
@@ -231,15 +212,13 @@ impl RootContext for Root {
                 config.rules.len()
             ),
         );
-        let state = RefCell::new(State::new(&config));
-        self.shared = Some(Rc::new(Shared {
+        let tick = jwks::needs_tick(&config);
+        self.vm = Some(Rc::new(Vm {
+            shared: Shared::new(&config),
             config,
-            state,
             metrics: m,
-            waiting: RefCell::new(Vec::new()),
-            decided: RefCell::new(HashMap::new()),
         }));
-        if remote && hostcalls::set_tick_period(TICK).is_err() {
+        if tick && hostcalls::set_tick_period(jwks::TICK).is_err() {
             log_line(
                 Level::Critical,
                 "edgeguard jwt-shape: cannot set a tick period; remote JWKS would never load",
@@ -250,86 +229,27 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let Some(shared) = self.shared.clone() else {
+        let Some(vm) = self.vm.clone() else {
             return;
         };
-        let now = now();
-        let mut resume = Vec::new();
-        // adopt keys other workers fetched
-        for (i, provider) in shared.config.providers.iter().enumerate() {
-            let KeySource::Remote(remote) = &provider.keys else {
-                continue;
-            };
-            let Some((at, body, cas)) = read_published(&remote_key(remote)) else {
-                continue;
-            };
-            if self.seen.insert(i, cas) == Some(cas) {
-                continue;
-            }
-            let adopted = match keys::parse_response(Some("200"), Some(&body)) {
-                Ok((set, _)) => shared
-                    .state
-                    .borrow_mut()
-                    .keys
-                    .get_mut(i)
-                    .is_some_and(|k| k.adopt(set, at)),
-                Err(_) => false,
-            };
-            if adopted {
-                resume.push(i);
-            }
-        }
-        {
-            let mut state = shared.state.borrow_mut();
-            for (i, provider) in shared.config.providers.iter().enumerate() {
-                let KeySource::Remote(remote) = &provider.keys else {
-                    continue;
-                };
-                let Some(k) = state.keys.get_mut(i) else {
-                    continue;
-                };
-                let Some(reason) = k.fetch_due(now) else {
-                    continue;
-                };
-                let headers = vec![
-                    (":method", "GET"),
-                    (":path", remote.path.as_str()),
-                    (":authority", remote.authority.as_str()),
-                    ("accept", "application/json"),
-                    ("user-agent", "edgeguard-jwt-shape"),
-                ];
-                k.fetch_started(reason, now);
-                match hostcalls::dispatch_http_call(
-                    &remote.cluster,
-                    headers,
-                    None,
-                    vec![],
-                    Duration::from_millis(remote.timeout_ms),
-                ) {
-                    Ok(token) => {
-                        if reason != FetchReason::Refresh {
-                            log_line(Level::Debug, &format!("edgeguard jwt-shape: provider '{}': fetching JWKS ({reason:?})", provider.name));
-                        }
-                        self.callouts.insert(token, i);
-                    }
-                    Err(status) => {
-                        shared.metrics.increment(metrics::JWKS_FETCH_FAILED);
-                        log_line(Level::Warn, &format!("edgeguard jwt-shape: provider '{}': cannot call cluster '{}' ({status:?})", provider.name, remote.cluster));
-                        k.fetch_finished(Err("dispatch failed".into()), now);
-                        resume.push(i);
-                    }
-                }
-            }
-        }
-        for i in resume {
-            self.resume_waiting(&shared, i);
+        let mut resume = self.adopt_published(&vm);
+        resume.extend(jwks::tick(
+            &vm.config,
+            &vm.shared,
+            &ProxyWasmBackground,
+            &vm.metrics,
+            now(),
+        ));
+        for provider in resume {
+            self.resume_waiting(&vm, provider);
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             id: context_id,
-            shared: self.shared.clone(),
+            vm: self.vm.clone(),
+            decided: self.decided.clone(),
             vary: false,
         }))
     }
@@ -341,72 +261,51 @@ impl RootContext for Root {
 
 struct Http {
     id: u32,
-    shared: Option<Rc<Shared>>,
+    vm: Option<Rc<Vm>>,
+    decided: Rc<std::cell::RefCell<HashMap<u32, bool>>>,
     vary: bool,
 }
 
 impl Context for Http {
     fn on_done(&mut self) -> bool {
-        if let Some(shared) = &self.shared {
-            shared.waiting.borrow_mut().retain(|(id, _)| *id != self.id);
-            shared.decided.borrow_mut().remove(&self.id);
+        if let Some(vm) = &self.vm {
+            vm.shared.unpark(u64::from(self.id));
         }
+        self.decided.borrow_mut().remove(&self.id);
         true
     }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
+        let Some(vm) = self.vm.clone() else {
             ProxyWasmHost.send_json_error(503, "jwt-shape filter is not configured");
             return Action::Pause;
         };
-        let outcome = {
-            let mut state = shared.state.borrow_mut();
-            engine::on_request(
-                &shared.config,
-                &mut state,
-                &ProxyWasmHost,
-                &shared.metrics,
-                now(),
-                true,
-            )
-        };
-        match outcome {
+        match engine::on_request(
+            &vm.config,
+            &vm.shared,
+            &ProxyWasmHost,
+            &vm.metrics,
+            now(),
+            true,
+        ) {
             Outcome::Allowed { vary } => {
                 self.vary = vary;
                 Action::Continue
             }
             Outcome::Denied => Action::Pause,
             Outcome::Wait { provider } => {
-                let mut waiting = shared.waiting.borrow_mut();
-                if waiting.len() >= MAX_WAITING {
-                    drop(waiting);
-                    ProxyWasmHost.send_response(
-                        503,
-                        &[("content-type", "application/json"), ("retry-after", "1")],
-                        &edgeguard_verdict::reply::json_body(
-                            503,
-                            "too many requests waiting for signing keys",
-                        ),
-                    );
-                    shared
-                        .metrics
-                        .increment(&metrics::denied("keys_unavailable"));
-                    return Action::Pause;
+                if !vm.shared.park(u64::from(self.id), provider, self.id) {
+                    engine::too_many_waiting(&ProxyWasmHost, &vm.metrics);
                 }
-                waiting.push((self.id, provider));
                 Action::Pause
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let decided = self
-            .shared
-            .as_ref()
-            .and_then(|s| s.decided.borrow_mut().remove(&self.id))
-            .unwrap_or(false);
+        let decided = self.decided.borrow_mut().remove(&self.id).unwrap_or(false);
         engine::on_response(&ProxyWasmHost, self.vary || decided);
         Action::Continue
     }

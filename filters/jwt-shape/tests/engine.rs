@@ -2,11 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edgeguard_host::TestHost;
-use edgeguard_verdict::jwk::KeySet;
+use edgeguard_host::{Call, TestBackground, TestHost};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use jwt_shape::config::{Config, ProcessEnv};
-use jwt_shape::engine::{on_request, vary_value, Outcome, State};
+use jwt_shape::engine::{on_request, vary_value, Outcome};
+use jwt_shape::jwks;
+use jwt_shape::state::Shared;
 use serde_json::{json, Value};
 
 const SECRET: &str = "engine-test-secret-0123456789abcdef";
@@ -52,14 +53,14 @@ fn host(path: &str, auth: Option<&str>) -> TestHost {
 #[test]
 fn allowed_request_is_rewritten() {
     let cfg = hmac_config();
-    let mut state = State::new(&cfg);
+    let state = Shared::<()>::new(&cfg);
     let t = token(good_claims());
     let h = host(
         "/v1/shape?table=items&secret=x&offset=-1",
         Some(&format!("Bearer {t}")),
     );
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, true),
+        on_request(&cfg, &state, &h, &h, NOW, true),
         Outcome::Allowed { vary: true }
     );
     assert_eq!(
@@ -75,14 +76,14 @@ fn allowed_request_is_rewritten() {
     // the second time the verdict comes from the cache
     let h2 = host("/v1/shape?table=items", Some(&format!("Bearer {t}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h2, &h2, NOW + 1.0, true),
+        on_request(&cfg, &state, &h2, &h2, NOW + 1.0, true),
         Outcome::Allowed { vary: true }
     );
     assert_eq!(h2.counter("edgeguard_jwt_shape.cache_hit"), 1);
     // ... but not once the token expired (exp + 60 s skew)
     let h3 = host("/v1/shape?table=items", Some(&format!("Bearer {t}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h3, &h3, NOW + 121.0, true),
+        on_request(&cfg, &state, &h3, &h3, NOW + 121.0, true),
         Outcome::Denied
     );
     assert_eq!(h3.reply.borrow().as_ref().unwrap().status, 401);
@@ -92,10 +93,10 @@ fn allowed_request_is_rewritten() {
 #[test]
 fn public_rules_still_strip_owned_headers() {
     let cfg = hmac_config();
-    let mut state = State::new(&cfg);
+    let state = Shared::<()>::new(&cfg);
     let h = host("/public/x", None);
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, true),
+        on_request(&cfg, &state, &h, &h, NOW, true),
         Outcome::Allowed { vary: false }
     );
     assert_eq!(h.header("x-sub"), None);
@@ -104,12 +105,9 @@ fn public_rules_still_strip_owned_headers() {
 #[test]
 fn denials_carry_json_and_challenges() {
     let cfg = hmac_config();
-    let mut state = State::new(&cfg);
+    let state = Shared::<()>::new(&cfg);
     let h = host("/v1/shape?table=items", None);
-    assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, true),
-        Outcome::Denied
-    );
+    assert_eq!(on_request(&cfg, &state, &h, &h, NOW, true), Outcome::Denied);
     let reply = h.reply.borrow().clone().unwrap();
     assert_eq!(reply.status, 401);
     assert_eq!(
@@ -131,8 +129,8 @@ fn denials_carry_json_and_challenges() {
     );
     let forged = format!("Bearer {}.e30.c2ln", base64_url(r#"{"alg":"HS\"256"}"#));
     let h2 = host("/v1/shape?table=items", Some(&forged));
-    on_request(&cfg, &mut state, &h, &h, NOW, true);
-    on_request(&cfg, &mut state, &h2, &h2, NOW, true);
+    on_request(&cfg, &state, &h, &h, NOW, true);
+    on_request(&cfg, &state, &h2, &h2, NOW, true);
     let www = h2
         .reply
         .borrow()
@@ -145,7 +143,7 @@ fn denials_carry_json_and_challenges() {
 
     let t = token(json!({"iss": "iss", "exp": NOW + 60.0, "shape": {"table": "other"}}));
     let h = host("/v1/shape?table=items", Some(&format!("Bearer {t}")));
-    on_request(&cfg, &mut state, &h, &h, NOW, true);
+    on_request(&cfg, &state, &h, &h, NOW, true);
     let reply = h.reply.borrow().clone().unwrap();
     assert_eq!(reply.status, 403);
     assert!(reply
@@ -161,27 +159,89 @@ fn base64_url(s: &str) -> String {
 
 fn remote_config() -> Config {
     config(json!({
-        "providers": {"r": {"remote_jwks": {"cluster": "c", "uri": "http://idp/jwks", "unknown_kid_refetch_interval_s": 30}}},
+        "providers": {"r": {"remote_jwks": {"cluster": "c", "uri": "http://idp/jwks", "unknown_kid_refetch_interval_s": 30}, "require_expiration": true}},
         "rules": [{"match": {"prefix": "/"}, "provider": "r"}]
     }))
+}
+
+fn jwks_body(kid: &str) -> Vec<u8> {
+    json!({"keys": [{"kty": "oct", "kid": kid, "k": base64_url(SECRET)}]})
+        .to_string()
+        .into_bytes()
+}
+
+fn kid_token(kid: &str) -> String {
+    let header = Header {
+        kid: Some(kid.into()),
+        ..Default::default()
+    };
+    encode(
+        &header,
+        &json!({"exp": NOW + 600.0}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The background owner's tick, and the one call it must have started.
+fn tick_one_call(cfg: &Config, state: &Shared<u32>, bg: &TestBackground, now: f64) -> Call {
+    let failed = jwks::tick(cfg, state, bg, bg_metrics(), now);
+    assert!(failed.is_empty());
+    let mut calls = bg.take_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    calls.remove(0)
+}
+
+fn bg_metrics() -> &'static TestHost {
+    thread_local! {
+        static M: &'static TestHost = Box::leak(Box::default());
+    }
+    M.with(|m| *m)
 }
 
 #[test]
 fn waits_for_the_first_key_set_then_answers() {
     let cfg = remote_config();
-    let mut state = State::new(&cfg);
-    let t = token(json!({"exp": NOW + 60.0}));
+    let state = Shared::<u32>::new(&cfg);
+    let bg = TestBackground::default();
+    let t = kid_token("k1");
     let h = host("/x", Some(&format!("Bearer {t}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, true),
+        on_request(&cfg, &state, &h, &h, NOW, true),
         Outcome::Wait { provider: 0 }
     );
+    assert!(state.park(7, 0, 7));
     assert!(h.reply.borrow().is_none());
-    // the fetch failed: decided again without waiting -> 401
-    state.keys[0].fetch_started(jwt_shape::keys::FetchReason::Initial, NOW);
-    state.keys[0].fetch_finished(Err("down".into()), NOW);
+    // the owner's first tick fetches the JWKS through the provider's cluster
+    let call = tick_one_call(&cfg, &state, &bg, NOW);
+    assert_eq!(call.cluster, "c");
+    assert_eq!(call.header(":path"), Some("/jwks"));
+    assert_eq!(call.header(":authority"), Some("idp"));
+    assert!(jwks::tick(&cfg, &state, &bg, bg_metrics(), NOW + 0.1).is_empty());
+    assert!(bg.take_calls().is_empty(), "one fetch at a time");
+    // the fetch failed: the parked request is decided again without waiting -> 401
+    let answered = jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        Some("503"),
+        Some(b"down"),
+        NOW + 0.2,
+    )
+    .unwrap();
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, false),
+        answered,
+        jwks::Answered {
+            provider: 0,
+            loaded: false
+        }
+    );
+    assert_eq!(state.take_waiting(0), vec![(7, 7)]);
+    assert!(bg.logged("JWKS fetch failed: JWKS endpoint answered HTTP 503; no keys yet"));
+    assert_eq!(
+        on_request(&cfg, &state, &h, &h, NOW + 0.2, false),
         Outcome::Denied
     );
     assert!(h
@@ -191,52 +251,112 @@ fn waits_for_the_first_key_set_then_answers() {
         .unwrap()
         .body
         .contains("signing keys are not available"));
-    // and new requests do not wait while the retry is not due
+    // new requests do not wait while the retry is not due ...
     let h = host("/x", Some(&format!("Bearer {t}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW + 1.0, true),
+        on_request(&cfg, &state, &h, &h, NOW + 1.0, true),
         Outcome::Denied
     );
+    // ... which is retry_interval_s (5 s) later; that fetch brings keys
+    assert!(jwks::tick(&cfg, &state, &bg, bg_metrics(), NOW + 4.0).is_empty());
+    assert!(bg.take_calls().is_empty());
+    let call = tick_one_call(&cfg, &state, &bg, NOW + 5.3);
+    let body = jwks_body("k1");
+    let answered = jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        Some("200"),
+        Some(&body),
+        NOW + 5.4,
+    )
+    .unwrap();
+    assert!(answered.loaded);
+    assert!(bg.logged("JWKS loaded, 1 key(s) [k1]"));
+    let h = host("/x", Some(&format!("Bearer {t}")));
+    assert_eq!(
+        on_request(&cfg, &state, &h, &h, NOW + 5.5, true),
+        Outcome::Allowed { vary: true }
+    );
+    // an answer to a call that is not ours changes nothing
+    assert!(jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        999,
+        Some("200"),
+        Some(&body),
+        NOW
+    )
+    .is_none());
 }
 
 #[test]
-fn unknown_kid_waits_once_for_a_refetch() {
+fn a_cluster_that_cannot_be_called_decides_parked_requests_at_once() {
     let cfg = remote_config();
-    let mut state = State::new(&cfg);
-    let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": base64_url(SECRET)}]});
-    let (set, _) = KeySet::from_jwks(jwks.to_string().as_bytes()).unwrap();
-    state.keys[0].fetch_started(jwt_shape::keys::FetchReason::Initial, NOW);
-    state.keys[0].fetch_finished(Ok(set), NOW);
+    let state = Shared::<u32>::new(&cfg);
+    let bg = TestBackground::default();
+    bg.refuse_calls.set(true);
+    assert_eq!(jwks::tick(&cfg, &state, &bg, bg_metrics(), NOW), vec![0]);
+    assert!(bg.logged("cannot call cluster 'c'"));
+}
 
-    let header = Header {
-        kid: Some("k2".into()),
-        ..Default::default()
-    };
-    let t = encode(
-        &header,
-        &json!({"exp": NOW + 60.0}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+#[test]
+fn rotation_refresh_and_unknown_kid_refetch() {
+    let cfg = remote_config();
+    let state = Shared::<u32>::new(&cfg);
+    let bg = TestBackground::default();
+    let call = tick_one_call(&cfg, &state, &bg, NOW);
+    jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        Some("200"),
+        Some(&jwks_body("k1")),
+        NOW,
     )
     .unwrap();
-    let h = host("/x", Some(&format!("Bearer {t}")));
+    let generation = state.provider(0).unwrap().generation();
+
+    // a token signed with a key the set does not hold yet waits for one refetch
+    let t2 = kid_token("k2");
+    let h = host("/x", Some(&format!("Bearer {t2}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW + 1.0, true),
+        on_request(&cfg, &state, &h, &h, NOW + 1.0, true),
         Outcome::Wait { provider: 0 }
     );
-    assert_eq!(
-        state.keys[0].fetch_due(NOW + 1.0),
-        Some(jwt_shape::keys::FetchReason::UnknownKid)
+    let call = tick_one_call(&cfg, &state, &bg, NOW + 1.1);
+    // the IdP rotated: k2 is published now
+    jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        Some("200"),
+        Some(&jwks_body("k2")),
+        NOW + 1.2,
+    )
+    .unwrap();
+    assert!(
+        state.provider(0).unwrap().generation() > generation,
+        "cached verdicts of the old set expire"
     );
-    state.keys[0].fetch_started(jwt_shape::keys::FetchReason::UnknownKid, NOW + 1.0);
+    let h = host("/x", Some(&format!("Bearer {t2}")));
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW + 1.1, false),
-        Outcome::Denied
+        on_request(&cfg, &state, &h, &h, NOW + 1.3, false),
+        Outcome::Allowed { vary: true }
     );
-    // rate limited: the next unknown kid is refused at once
-    let h = host("/x", Some(&format!("Bearer {t}")));
-    state.keys[0].fetch_finished(Err("x".into()), NOW + 1.2);
+    // k1 is gone from the set: its tokens are refused, and the next unknown kid within the
+    // rate limit (30 s) is refused at once instead of waiting
+    let h = host("/x", Some(&format!("Bearer {}", kid_token("k1"))));
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW + 2.0, true),
+        on_request(&cfg, &state, &h, &h, NOW + 2.0, true),
         Outcome::Denied
     );
     assert!(h
@@ -246,6 +366,28 @@ fn unknown_kid_waits_once_for_a_refetch() {
         .unwrap()
         .body
         .contains("unknown key id"));
+    // the refresh comes refresh_interval_s (600 s) after the last success, not before
+    assert!(jwks::tick(&cfg, &state, &bg, bg_metrics(), NOW + 500.0).is_empty());
+    assert!(bg.take_calls().is_empty());
+    let call = tick_one_call(&cfg, &state, &bg, NOW + 601.3);
+    // a failed refresh keeps the last good keys
+    jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        None,
+        None,
+        NOW + 601.4,
+    )
+    .unwrap();
+    assert!(bg.logged("keeping the last good keys"));
+    let h = host("/x", Some(&format!("Bearer {t2}")));
+    assert_eq!(
+        on_request(&cfg, &state, &h, &h, NOW + 601.5, true),
+        Outcome::Allowed { vary: true }
+    );
 }
 
 #[test]

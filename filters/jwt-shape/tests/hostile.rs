@@ -8,7 +8,8 @@
 use edgeguard_host::{Host, TestHost};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use jwt_shape::config::{Config, ProcessEnv};
-use jwt_shape::engine::{on_request, on_response, Outcome, State};
+use jwt_shape::engine::{on_request, on_response, Outcome};
+use jwt_shape::state::Shared;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -50,9 +51,9 @@ fn token() -> String {
 
 fn run(headers: &[(&str, &[u8])]) -> (Outcome, TestHost) {
     let cfg = config();
-    let mut state = State::new(&cfg);
+    let state = Shared::<()>::new(&cfg);
     let h = TestHost::with_raw_headers(headers);
-    let out = on_request(&cfg, &mut state, &h, &h, NOW, true);
+    let out = on_request(&cfg, &state, &h, &h, NOW, true);
     (out, h)
 }
 
@@ -210,7 +211,7 @@ fn forward_keeps_only_the_checked_token() {
         &ProcessEnv,
     )
     .unwrap();
-    let mut state = State::new(&cfg);
+    let state = Shared::<()>::new(&cfg);
     let auth = format!("Bearer {}", token());
     let h = TestHost::with_headers(&[
         (":method", "GET"),
@@ -218,7 +219,7 @@ fn forward_keeps_only_the_checked_token() {
         ("authorization", &auth),
     ]);
     assert_eq!(
-        on_request(&cfg, &mut state, &h, &h, NOW, true),
+        on_request(&cfg, &state, &h, &h, NOW, true),
         Outcome::Allowed { vary: true }
     );
     assert_eq!(h.header("authorization").as_deref(), Some(auth.as_str()));
