@@ -288,6 +288,8 @@ pub fn strip_request_headers<H: Host + ?Sized>(strip: &HeaderStrip, host: &H) {
 /// Counters a filter increments. Implementations map names to host metrics.
 pub trait Metrics {
     fn increment(&self, name: &str);
+    /// Sets a gauge (implementations that keep no gauges ignore it).
+    fn set_gauge(&self, _name: &str, _value: u64) {}
 }
 
 /// Counters kept in the VM and handed to the host in batches (from the root context's
@@ -346,6 +348,7 @@ pub struct TestHost {
     pub reply: RefCell<Option<Reply>>,
     pub logs: RefCell<Vec<(Level, String)>>,
     pub counters: RefCell<BTreeMap<String, u64>>,
+    pub gauges: RefCell<BTreeMap<String, u64>>,
 }
 
 impl TestHost {
@@ -446,6 +449,10 @@ impl Metrics for TestHost {
             .borrow_mut()
             .entry(name.to_string())
             .or_default() += 1;
+    }
+
+    fn set_gauge(&self, name: &str, value: u64) {
+        self.gauges.borrow_mut().insert(name.to_string(), value);
     }
 }
 

@@ -178,4 +178,8 @@ impl Metrics for WasmMetrics {
     fn increment(&self, name: &str) {
         self.add(name, 1);
     }
+
+    fn set_gauge(&self, name: &str, value: u64) {
+        self.gauge(name, value);
+    }
 }

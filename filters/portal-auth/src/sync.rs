@@ -1,9 +1,13 @@
 //! Keeping the store copy current: when to ask, what to ask, what to do with the answer.
 
+use std::time::Duration;
+
+use edgeguard_host::{Background, Level, Metrics};
 use edgeguard_verdict::portal_wire::{Update, UpdateError};
 
-use crate::config::StoreSource;
+use crate::config::{Config, StoreSource};
 use crate::engine::Copy;
+use crate::metrics;
 
 /// Fetch bookkeeping (times in Unix seconds).
 #[derive(Clone, Debug, Default)]
@@ -13,6 +17,8 @@ pub struct Sync {
     /// Ask for everything next time (after a version gap or a decode error).
     pub want_full: bool,
     pub consecutive_failures: u64,
+    /// The call in flight.
+    pub call: Option<u64>,
 }
 
 /// What a fetch brought.
@@ -22,7 +28,107 @@ pub enum Fetched {
     Applied { version: u64, apps: usize },
 }
 
+/// How often the owner calls [`Sync::tick`] (at most; the refresh interval decides fetches).
+pub fn tick_period(source: &StoreSource) -> Duration {
+    Duration::from_millis(source.refresh_interval_ms.min(100))
+}
+
 impl Sync {
+    /// Starts a fetch through `bg` when one is due.
+    pub fn tick(
+        &mut self,
+        config: &Config,
+        copy_version: u64,
+        bg: &dyn Background,
+        metrics: &dyn Metrics,
+        now: f64,
+    ) {
+        let source = &config.store;
+        if !self.due(source, now) {
+            return;
+        }
+        let path = self.path(source, copy_version);
+        let authorization = format!("Bearer {}", config.store_token.expose());
+        let headers = [
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", source.authority.as_str()),
+            ("accept", edgeguard_verdict::portal_wire::CONTENT_TYPE),
+            ("authorization", authorization.as_str()),
+            ("user-agent", "edgeguard-portal-auth"),
+        ];
+        self.started(now);
+        match bg.http_call(
+            &source.cluster,
+            &headers,
+            Duration::from_millis(source.timeout_ms),
+        ) {
+            Ok(call) => self.call = Some(call),
+            Err(e) => {
+                self.in_flight_since = None;
+                self.consecutive_failures += 1;
+                metrics.increment(metrics::FETCH_FAILED);
+                if self.consecutive_failures == 1 {
+                    bg.log(
+                        Level::Warn,
+                        &format!(
+                            "edgeguard portal-auth: cannot call cluster '{}' ({e})",
+                            source.cluster
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Applies the answer to call `call` to `copy`. False when the call is not ours.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &mut self,
+        copy: &mut Copy,
+        call: u64,
+        status: Option<&str>,
+        body: Option<&[u8]>,
+        bg: &dyn Background,
+        metrics: &dyn Metrics,
+    ) -> bool {
+        if self.call != Some(call) {
+            return false;
+        }
+        self.call = None;
+        match self.finished(copy, status, body) {
+            Ok(fetched) => {
+                metrics.increment(metrics::FETCH_OK);
+                if let Fetched::Applied { version, apps } = fetched {
+                    metrics.set_gauge(metrics::STORE_VERSION, version);
+                    metrics.set_gauge(metrics::STORE_APPS, apps as u64);
+                    bg.log(
+                        Level::Debug,
+                        &format!(
+                            "edgeguard portal-auth: store copy at version {version} ({apps} apps)"
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                metrics.increment(metrics::FETCH_FAILED);
+                // one line per failure streak start, then every 30th, to keep the log readable
+                if self.consecutive_failures == 1 || self.consecutive_failures.is_multiple_of(30) {
+                    let keeping = if copy.loaded {
+                        "keeping the last copy"
+                    } else {
+                        "no copy yet"
+                    };
+                    bg.log(
+                        Level::Warn,
+                        &format!("edgeguard portal-auth: store fetch failed: {e}; {keeping}"),
+                    );
+                }
+            }
+        }
+        true
+    }
+
     /// Whether a fetch should start now.
     pub fn due(&self, source: &StoreSource, now: f64) -> bool {
         if let Some(since) = self.in_flight_since {
@@ -61,7 +167,7 @@ impl Sync {
                     self.want_full = false;
                     Ok(Fetched::Applied {
                         version: copy.version,
-                        apps: copy.apps.len(),
+                        apps: copy.app_count(),
                     })
                 }
                 Err(e @ UpdateError::VersionGap { .. }) | Err(e @ UpdateError::Decode(_)) => {
@@ -152,7 +258,7 @@ mod tests {
             .finished(&mut copy, None, None)
             .unwrap_err()
             .contains("unreachable"));
-        assert_eq!(copy.apps.len(), 2);
+        assert_eq!(copy.app_count(), 2);
         assert_eq!(sync.consecutive_failures, 2);
         // a delta that does not start at our version: ask for everything next time
         assert!(sync
@@ -163,7 +269,7 @@ mod tests {
         assert!(sync
             .finished(&mut copy, Some("200"), Some(b"\xff\xff\xff"))
             .is_err());
-        assert_eq!(copy.apps.len(), 2);
+        assert_eq!(copy.app_count(), 2);
         assert_eq!(
             sync.finished(&mut copy, Some("200"), Some(&update(0, 9, true, &["z"]))),
             Ok(Fetched::Applied {

@@ -3,11 +3,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use edgeguard_host::{
-    call_response_status, log_line, now, CounterBuffer, Host, Level, Metrics, ProcessEnv,
-    ProxyWasmHost, WasmMetrics,
+    call_response_status, log_line, now, CounterBuffer, Host, Level, ProcessEnv,
+    ProxyWasmBackground, ProxyWasmHost, WasmMetrics,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -16,7 +15,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 use crate::config::Config;
 use crate::engine::{self, Copy};
 use crate::metrics;
-use crate::sync::{Fetched, Sync};
+use crate::sync::{self, Sync};
 
 /// Largest store update read (100k apps are ~8 MiB).
 const MAX_UPDATE_BYTES: usize = 256 << 20;
@@ -25,7 +24,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         log_line(Level::Critical, &format!("edgeguard portal-auth: panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None, sync: Sync::default(), callout: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None, sync: Sync::default() }) });
 }}
 
 struct Shared {
@@ -39,7 +38,6 @@ struct Shared {
 struct Root {
     shared: Option<Rc<Shared>>,
     sync: Sync,
-    callout: Option<u32>,
 }
 
 impl Context for Root {
@@ -50,10 +48,6 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        if self.callout != Some(token_id) {
-            return;
-        }
-        self.callout = None;
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -65,44 +59,15 @@ impl Context for Root {
                 .ok()
                 .flatten()
         };
-        let result = {
-            let mut copy = shared.copy.borrow_mut();
-            self.sync
-                .finished(&mut copy, status.as_deref(), body.as_deref())
-        };
-        match result {
-            Ok(fetched) => {
-                shared.metrics.increment(metrics::FETCH_OK);
-                if let Fetched::Applied { version, apps } = fetched {
-                    shared.metrics.gauge(metrics::STORE_VERSION, version);
-                    shared.metrics.gauge(metrics::STORE_APPS, apps as u64);
-                    log_line(
-                        Level::Debug,
-                        &format!(
-                            "edgeguard portal-auth: store copy at version {version} ({apps} apps)"
-                        ),
-                    );
-                }
-            }
-            Err(e) => {
-                shared.metrics.increment(metrics::FETCH_FAILED);
-                let loaded = shared.copy.borrow().loaded;
-                // one line per failure streak start, then every 30th, to keep the log readable
-                if self.sync.consecutive_failures == 1
-                    || self.sync.consecutive_failures.is_multiple_of(30)
-                {
-                    let keeping = if loaded {
-                        "keeping the last copy"
-                    } else {
-                        "no copy yet"
-                    };
-                    log_line(
-                        Level::Warn,
-                        &format!("edgeguard portal-auth: store fetch failed: {e}; {keeping}"),
-                    );
-                }
-            }
-        }
+        let mut copy = shared.copy.borrow_mut();
+        self.sync.answer(
+            &mut copy,
+            u64::from(token_id),
+            status.as_deref(),
+            body.as_deref(),
+            &ProxyWasmBackground,
+            &shared.metrics,
+        );
     }
 }
 
@@ -126,7 +91,7 @@ impl RootContext for Root {
         for name in metrics::counters() {
             m.define(&name);
         }
-        let tick = Duration::from_millis(config.store.refresh_interval_ms.min(100));
+        let tick = sync::tick_period(&config.store);
         log_line(
             Level::Info,
             &format!(
@@ -155,45 +120,14 @@ impl RootContext for Root {
             return;
         };
         shared.metrics.flush(&shared.request_metrics);
-        let now = now();
-        let source = &shared.config.store;
-        if !self.sync.due(source, now) {
-            return;
-        }
-        let path = self.sync.path(source, shared.copy.borrow().version);
-        let authorization = format!("Bearer {}", shared.config.store_token.expose());
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", source.authority.as_str()),
-            ("accept", edgeguard_verdict::portal_wire::CONTENT_TYPE),
-            ("authorization", authorization.as_str()),
-            ("user-agent", "edgeguard-portal-auth"),
-        ];
-        self.sync.started(now);
-        match hostcalls::dispatch_http_call(
-            &source.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(source.timeout_ms),
-        ) {
-            Ok(token) => self.callout = Some(token),
-            Err(status) => {
-                let mut copy = shared.copy.borrow_mut();
-                let _ = self.sync.finished(&mut copy, None, None);
-                shared.metrics.increment(metrics::FETCH_FAILED);
-                if self.sync.consecutive_failures == 1 {
-                    log_line(
-                        Level::Warn,
-                        &format!(
-                            "edgeguard portal-auth: cannot call cluster '{}' ({status:?})",
-                            source.cluster
-                        ),
-                    );
-                }
-            }
-        }
+        let version = shared.copy.borrow().version;
+        self.sync.tick(
+            &shared.config,
+            version,
+            &ProxyWasmBackground,
+            &shared.metrics,
+            now(),
+        );
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

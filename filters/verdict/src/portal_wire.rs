@@ -5,8 +5,9 @@
 //!
 //! The update carries key *digests*, never API keys.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,15 +83,36 @@ impl Update {
 }
 
 /// A local copy of the store, kept current by applying updates.
+///
+/// Cheap to clone, so a copy can be *published* (the native filter shares one snapshot with
+/// every worker and swaps in a new one after each update): the bulk of the data sits in an
+/// `Arc`'d base, the changes of recent deltas in a small overlay that a clone copies. When the
+/// overlay grows past a fraction of the base it is folded in (one pass over the base, which is
+/// copied only if a published snapshot still shares it). Account ids and plans are interned:
+/// the apps of one account share one string.
 #[derive(Clone, Debug, Default)]
-pub struct StoreCopy<S: BuildHasher + Default = std::collections::hash_map::RandomState> {
+pub struct StoreCopy<S: BuildHasher + Default + Clone = std::collections::hash_map::RandomState> {
     pub version: u64,
     pub loaded: bool,
-    pub apps: HashMap<Box<str>, PortalApp, S>,
-    pub usage: HashMap<Box<str>, u64, S>,
+    base: Arc<Maps<S>>,
+    /// Changes on top of `base`: `None` = deleted.
+    overlay_apps: HashMap<Box<str>, Option<PortalApp>, S>,
+    overlay_usage: HashMap<Box<str>, Option<u64>, S>,
+    /// Account ids and plans, interned (shared by every clone; only `apply` writes).
+    strings: Arc<Mutex<HashSet<Arc<str>, S>>>,
 }
 
-impl<S: BuildHasher + Default> StoreCopy<S> {
+#[derive(Clone, Debug, Default)]
+struct Maps<S: BuildHasher + Default + Clone> {
+    apps: HashMap<Box<str>, PortalApp, S>,
+    usage: HashMap<Box<str>, u64, S>,
+}
+
+/// The overlay is folded into the base once it holds more than this many entries and more
+/// than 1/16 of the base.
+const FOLD_AT: usize = 1024;
+
+impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
     /// Applies an update; on error the copy is unchanged.
     pub fn apply(&mut self, update: Update) -> Result<(), UpdateError> {
         if !update.full && update.from != self.version {
@@ -99,47 +121,125 @@ impl<S: BuildHasher + Default> StoreCopy<S> {
                 from: update.from,
             });
         }
+        let mut strings = self
+            .strings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut intern = |s: Arc<str>| -> Arc<str> {
+            match strings.get(&s) {
+                Some(existing) => existing.clone(),
+                None => {
+                    strings.insert(s.clone());
+                    s
+                }
+            }
+        };
         if update.full {
-            self.apps = HashMap::with_capacity_and_hasher(update.apps.len(), S::default());
-            self.usage = HashMap::with_hasher(S::default());
-        }
-        for c in update.apps {
-            match c.app {
-                Some(app) => {
-                    self.apps.insert(c.id.into_boxed_str(), app);
-                }
-                None => {
-                    self.apps.remove(c.id.as_str());
-                }
-            }
-        }
-        for u in update.usage {
-            match u.relays {
-                Some(r) => {
-                    self.usage.insert(u.account_id.into_boxed_str(), r);
-                }
-                None => {
-                    self.usage.remove(u.account_id.as_str());
+            let mut maps = Maps {
+                apps: HashMap::with_capacity_and_hasher(update.apps.len(), S::default()),
+                usage: HashMap::with_capacity_and_hasher(update.usage.len(), S::default()),
+            };
+            for c in update.apps {
+                if let Some(mut app) = c.app {
+                    app.account_id = intern(app.account_id);
+                    app.plan = intern(app.plan);
+                    maps.apps.insert(c.id.into_boxed_str(), app);
                 }
             }
+            for u in update.usage {
+                if let Some(r) = u.relays {
+                    maps.usage.insert(u.account_id.into_boxed_str(), r);
+                }
+            }
+            self.base = Arc::new(maps);
+            self.overlay_apps = HashMap::default();
+            self.overlay_usage = HashMap::default();
+        } else {
+            for c in update.apps {
+                let app = c.app.map(|mut app| {
+                    app.account_id = intern(app.account_id);
+                    app.plan = intern(app.plan);
+                    app
+                });
+                self.overlay_apps.insert(c.id.into_boxed_str(), app);
+            }
+            for u in update.usage {
+                self.overlay_usage
+                    .insert(u.account_id.into_boxed_str(), u.relays);
+            }
+        }
+        drop(strings);
+        let overlay = self.overlay_apps.len() + self.overlay_usage.len();
+        let base = self.base.apps.len() + self.base.usage.len();
+        if overlay > FOLD_AT && overlay > base / 16 {
+            self.fold();
         }
         self.version = update.version;
         self.loaded = true;
         Ok(())
     }
+
+    /// Moves the overlay into the base (copying the base only if a clone shares it).
+    pub fn fold(&mut self) {
+        let base = Arc::make_mut(&mut self.base);
+        for (id, app) in self.overlay_apps.drain() {
+            match app {
+                Some(app) => {
+                    base.apps.insert(id, app);
+                }
+                None => {
+                    base.apps.remove(&id);
+                }
+            }
+        }
+        for (id, relays) in self.overlay_usage.drain() {
+            match relays {
+                Some(r) => {
+                    base.usage.insert(id, r);
+                }
+                None => {
+                    base.usage.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Number of apps.
+    pub fn app_count(&self) -> usize {
+        let mut n = self.base.apps.len();
+        for (id, app) in &self.overlay_apps {
+            match (self.base.apps.contains_key(id), app.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n = n.saturating_sub(1),
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Entries waiting in the overlay (for tests and metrics).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay_apps.len() + self.overlay_usage.len()
+    }
 }
 
-impl<S: BuildHasher + Default> PortalView for StoreCopy<S> {
+impl<S: BuildHasher + Default + Clone> PortalView for StoreCopy<S> {
     fn loaded(&self) -> bool {
         self.loaded
     }
 
     fn app(&self, id: &str) -> Option<&PortalApp> {
-        self.apps.get(id)
+        match self.overlay_apps.get(id) {
+            Some(changed) => changed.as_ref(),
+            None => self.base.apps.get(id),
+        }
     }
 
     fn usage(&self, account_id: &str) -> Option<u64> {
-        self.usage.get(account_id).copied()
+        match self.overlay_usage.get(account_id) {
+            Some(changed) => *changed,
+            None => self.base.usage.get(account_id).copied(),
+        }
     }
 }
 
@@ -226,7 +326,80 @@ mod tests {
             usage: vec![],
         })
         .unwrap();
-        assert!(c.apps.is_empty());
+        assert_eq!(c.app_count(), 0);
+    }
+
+    #[test]
+    fn clones_are_snapshots_and_the_overlay_folds() {
+        let mut c: StoreCopy = StoreCopy::default();
+        let ids: Vec<String> = (0..3000).map(|i| format!("app{i}")).collect();
+        c.apply(Update {
+            from: 0,
+            version: 1,
+            full: true,
+            apps: ids
+                .iter()
+                .map(|id| AppChange {
+                    id: id.clone(),
+                    app: Some(app("acc")),
+                })
+                .collect(),
+            usage: vec![],
+        })
+        .unwrap();
+        // every app of the account shares one account id string
+        assert!(Arc::ptr_eq(
+            &c.app("app0").unwrap().account_id,
+            &c.app("app2999").unwrap().account_id
+        ));
+        let published = c.clone();
+        c.apply(Update {
+            from: 1,
+            version: 2,
+            full: false,
+            apps: vec![
+                AppChange {
+                    id: "app0".into(),
+                    app: None,
+                },
+                AppChange {
+                    id: "new".into(),
+                    app: Some(app("acc2")),
+                },
+            ],
+            usage: vec![UsageChange {
+                account_id: "acc".into(),
+                relays: Some(3),
+            }],
+        })
+        .unwrap();
+        assert_eq!(c.overlay_len(), 3);
+        assert_eq!(c.app_count(), 3000);
+        assert!(c.app("app0").is_none() && c.app("new").is_some());
+        assert_eq!(c.usage("acc"), Some(3));
+        // the published clone did not change
+        assert!(published.app("app0").is_some() && published.app("new").is_none());
+        assert_eq!(published.usage("acc"), None);
+        // many deltas fold into the base; lookups stay the same
+        for (i, id) in ids.iter().enumerate().skip(1).take(1500) {
+            let version = c.version;
+            c.apply(Update {
+                from: version,
+                version: version + 1,
+                full: false,
+                apps: vec![AppChange {
+                    id: id.clone(),
+                    app: if i % 2 == 0 { None } else { Some(app("acc3")) },
+                }],
+                usage: vec![],
+            })
+            .unwrap();
+        }
+        assert!(c.overlay_len() <= FOLD_AT + 1, "{}", c.overlay_len());
+        assert_eq!(c.app("app2").map(|a| &*a.account_id), None);
+        assert_eq!(c.app("app3").map(|a| &*a.account_id), Some("acc3"));
+        assert_eq!(c.app_count(), 3000 - 750);
+        assert!(published.app("app2").is_some(), "still the old snapshot");
     }
 
     #[test]
