@@ -329,8 +329,16 @@ impl Envoy {
     }
 
     /// The value of a counter on `/stats/prometheus` (sum over label sets), 0 when absent.
+    /// edgeguard's filter metrics (`edgeguard_*`) are found under either build's name: the
+    /// wasm filters' `edgeguard_jwt_shape_allowed` is the native modules'
+    /// `envoy_edgeguard_jwt_shape_allowed` (Envoy prefixes a module's metrics).
     pub fn metric(&self, name: &str) -> f64 {
-        metric_value(&self.prometheus(), name)
+        let text = self.prometheus();
+        let mut v = metric_value(&text, name);
+        if name.starts_with("edgeguard_") {
+            v += metric_value(&text, &format!("envoy_{name}"));
+        }
+        v
     }
 
     pub fn log(&self) -> String {

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::envoy::{cluster, Envoy, EnvoyConfig};
+use edgeguard_tests::flavour::Flavour;
 use edgeguard_tests::http::Resp;
 use edgeguard_tests::jwks_server::JwksServer;
 use edgeguard_tests::keys::{self, forge, hmac_sign, jwks, now, TestKey};
@@ -19,8 +20,8 @@ fn demo_config() -> String {
     tools::repo_file("envoy/demo/jwt-shape.json")
 }
 
-fn start(echo: &Echo, config: &str) -> Envoy {
-    let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), config, &[]);
+fn start(flavour: Flavour, echo: &Echo, config: &str) -> Envoy {
+    let filter = flavour.filter("jwt_shape", config, &[]);
     Envoy::start(&EnvoyConfig::new(echo.port, vec![filter]))
 }
 
@@ -67,10 +68,9 @@ fn good(envoy: &Envoy, token: &str) {
     expect(&r, 200, "");
 }
 
-#[test]
-fn allowed_request_is_rewritten_for_electric() {
+fn allowed_request_is_rewritten_for_electric(flavour: Flavour) {
     let echo = Echo::start();
-    let envoy = start(&echo, &demo_config());
+    let envoy = start(flavour, &echo, &demo_config());
     let token = items_token();
     let r = envoy.get(
         "/v1/shape?table=items&offset=-1&secret=client-guess&api_secret=x&live=true&handle=1-0&cursor=9&subset__limit=5&cache-buster=1",
@@ -137,10 +137,9 @@ fn allowed_request_is_rewritten_for_electric() {
     );
 }
 
-#[test]
-fn token_failures_are_401_and_leave_the_filter_working() {
+fn token_failures_are_401_and_leave_the_filter_working(flavour: Flavour) {
     let echo = Echo::start();
-    let envoy = start(&echo, &demo_config());
+    let envoy = start(flavour, &echo, &demo_config());
     let token = items_token();
     good(&envoy, &token);
 
@@ -287,10 +286,9 @@ fn token_failures_are_401_and_leave_the_filter_working() {
     assert!(envoy.metric("edgeguard_jwt_shape_denied_too_large") >= 1.0);
 }
 
-#[test]
-fn shape_binding_403_and_400() {
+fn shape_binding_403_and_400(flavour: Flavour) {
     let echo = Echo::start();
-    let envoy = start(&echo, &demo_config());
+    let envoy = start(flavour, &echo, &demo_config());
     let key = demo_key();
     let items = items_token();
     good(&envoy, &items);
@@ -419,10 +417,9 @@ fn shape_binding_403_and_400() {
     assert!(envoy.metric("edgeguard_jwt_shape_denied_bad_query") >= 15.0);
 }
 
-#[test]
-fn preflight_passes_other_options_do_not() {
+fn preflight_passes_other_options_do_not(flavour: Flavour) {
     let echo = Echo::start();
-    let envoy = start(&echo, &demo_config());
+    let envoy = start(flavour, &echo, &demo_config());
     let r = envoy.request(
         "OPTIONS",
         "/v1/shape?table=items",
@@ -445,7 +442,7 @@ fn preflight_passes_other_options_do_not() {
     // with bypass_cors_preflight off, a preflight is just an unmatched OPTIONS
     let mut cfg: Value = serde_json::from_str(&demo_config()).unwrap();
     cfg["bypass_cors_preflight"] = json!(false);
-    let strict = start(&echo, &cfg.to_string());
+    let strict = start(flavour, &echo, &cfg.to_string());
     let r = strict.request(
         "OPTIONS",
         "/v1/shape?table=items",
@@ -458,8 +455,7 @@ fn preflight_passes_other_options_do_not() {
 }
 
 /// One provider per key family, keys given inline as a JWKS.
-#[test]
-fn every_algorithm_family() {
+fn every_algorithm_family(flavour: Flavour) {
     let rsa = keys::rsa_a();
     let p256 = TestKey::p256("ec-256", 21);
     let p384 = TestKey::p384("ec-384", 22);
@@ -480,7 +476,7 @@ fn every_algorithm_family() {
         "rules": [{"match": {"prefix": "/"}, "provider": "idp"}]
     });
     let echo = Echo::start();
-    let envoy = start(&echo, &config.to_string());
+    let envoy = start(flavour, &echo, &config.to_string());
     let n = now();
     let c = json!({"iss": "https://idp.test", "aud": ["x", "api"], "sub": "alice", "exp": n + 300});
     let mut good_tokens = vec![];
@@ -587,13 +583,8 @@ fn idp_claims() -> Value {
     json!({"iss": "https://idp.test", "sub": "bob", "exp": now() + 600})
 }
 
-fn start_remote(echo: &Echo, jwks_port: u16, refresh_s: u64) -> Envoy {
-    let filter = wasm_filter(
-        "jwt_shape",
-        &tools::wasm("jwt_shape"),
-        &remote_config("jwks", refresh_s),
-        &[],
-    );
+fn start_remote(flavour: Flavour, echo: &Echo, jwks_port: u16, refresh_s: u64) -> Envoy {
+    let filter = flavour.filter("jwt_shape", &remote_config("jwks", refresh_s), &[]);
     let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
     cfg.clusters.push(cluster("jwks", jwks_port));
     cfg.concurrency = 2;
@@ -611,13 +602,12 @@ fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
-#[test]
-fn remote_jwks_rotation() {
+fn remote_jwks_rotation(flavour: Flavour) {
     let a = keys::rsa_a();
     let b = keys::rsa_b();
     let server = JwksServer::start(&jwks(&[a.jwk(Some("RS256"))]));
     let echo = Echo::start();
-    let envoy = start_remote(&echo, server.port, 3);
+    let envoy = start_remote(flavour, &echo, server.port, 3);
     let ta = a.sign("RS256", &idp_claims());
     let tb = b.sign("RS256", &idp_claims());
 
@@ -704,12 +694,11 @@ fn remote_jwks_rotation() {
     );
 }
 
-#[test]
-fn remote_jwks_unreachable_then_garbage_then_up() {
+fn remote_jwks_unreachable_then_garbage_then_up(flavour: Flavour) {
     let a = keys::rsa_a();
     let port = free_port();
     let echo = Echo::start();
-    let envoy = start_remote(&echo, port, 600);
+    let envoy = start_remote(flavour, &echo, port, 600);
     let ta = a.sign("RS256", &idp_claims());
     // nothing listens on the JWKS port: a clean 401, quickly, no hang
     let t0 = Instant::now();
@@ -741,8 +730,7 @@ fn remote_jwks_unreachable_then_garbage_then_up() {
     });
 }
 
-#[test]
-fn invalid_configuration_is_refused_with_one_clear_line() {
+fn invalid_configuration_is_refused_with_one_clear_line(flavour: Flavour) {
     let echo = Echo::start();
     let cases: Vec<(Value, &str)> = vec![
         (
@@ -759,12 +747,7 @@ fn invalid_configuration_is_refused_with_one_clear_line() {
         ),
     ];
     for (cfg, line) in cases {
-        let filter = wasm_filter(
-            "jwt_shape",
-            &tools::wasm("jwt_shape"),
-            &cfg.to_string(),
-            &[],
-        );
+        let filter = flavour.filter("jwt_shape", &cfg.to_string(), &[]);
         match Envoy::try_start(&EnvoyConfig::new(echo.port, vec![filter])) {
             Ok(_) => panic!("Envoy accepted an invalid configuration: {cfg}"),
             Err(log) => {
@@ -781,28 +764,26 @@ fn invalid_configuration_is_refused_with_one_clear_line() {
     }
 }
 
-#[test]
-fn secrets_from_the_environment() {
+fn secrets_from_the_environment(flavour: Flavour) {
     let echo = Echo::start();
     let config = json!({
         "providers": {"demo": {"issuer": "edgeguard-demo", "hmac": {"secret_env": "EDGEGUARD_TEST_SECRET"}}},
         "rules": [{"match": {"path": "/v1/shape"}, "provider": "demo", "bind_shape": true}],
         "shape": {"electric_secret_env": "EDGEGUARD_TEST_ELECTRIC"}
     });
-    let filter = wasm_filter(
+    let filter = flavour.filter(
         "jwt_shape",
-        &tools::wasm("jwt_shape"),
         &config.to_string(),
         &["EDGEGUARD_TEST_SECRET", "EDGEGUARD_TEST_ELECTRIC"],
     );
     let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
-    cfg.env = vec![
+    cfg.env.extend([
         (
             "EDGEGUARD_TEST_SECRET".into(),
             "a-secret-that-only-the-environment-knows".into(),
         ),
         ("EDGEGUARD_TEST_ELECTRIC".into(), "electric-from-env".into()),
-    ];
+    ]);
     let envoy = Envoy::start(&cfg);
     let t = TestKey::hmac("k", b"a-secret-that-only-the-environment-knows")
         .sign("HS256", &claims(json!({"table": "items"})));
@@ -814,8 +795,7 @@ fn secrets_from_the_environment() {
     );
 }
 
-#[test]
-fn tokens_in_other_places_and_forwarding() {
+fn tokens_in_other_places_and_forwarding(flavour: Flavour) {
     let echo = Echo::start();
     let config = json!({
         "providers": {"demo": {
@@ -831,7 +811,7 @@ fn tokens_in_other_places_and_forwarding() {
             {"match": {"prefix": "/"}, "provider": "demo"}
         ]
     });
-    let envoy = start(&echo, &config.to_string());
+    let envoy = start(flavour, &echo, &config.to_string());
     let t = items_token();
     let r = envoy.get(
         "/data",
@@ -850,3 +830,16 @@ fn tokens_in_other_places_and_forwarding() {
     assert_eq!(r.status, 200);
     assert_eq!(r.echoed("authorization"), Some(bearer(&t)));
 }
+
+edgeguard_tests::flavoured!(
+    allowed_request_is_rewritten_for_electric,
+    token_failures_are_401_and_leave_the_filter_working,
+    shape_binding_403_and_400,
+    preflight_passes_other_options_do_not,
+    every_algorithm_family,
+    remote_jwks_rotation,
+    remote_jwks_unreachable_then_garbage_then_up,
+    invalid_configuration_is_refused_with_one_clear_line,
+    secrets_from_the_environment,
+    tokens_in_other_places_and_forwarding,
+);
