@@ -22,7 +22,7 @@ CARGO       ?= cargo
 # profile (release, but panic = unwind so every hook can catch a panic) into NATIVE_DIR, the
 # folder Envoy gets as ENVOY_DYNAMIC_MODULES_SEARCH_PATH. NATIVE_TEST_MODULES are test-only.
 NATIVE_DIR          := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/native
-NATIVE_MODULES      :=
+NATIVE_MODULES      := jwt-shape-native portal-auth-native
 NATIVE_TEST_MODULES := edgeguard-dm-smoke
 
 export EDGEGUARD_ENVOY    := $(ENVOY)
@@ -101,9 +101,9 @@ wasm-test: wasm
 native:
 	$(CARGO) build --locked --release -p edgeguard
 
-# The Envoy dynamic modules into $(NATIVE_DIR)/lib*.so (nothing yet but the test module).
+# The Envoy dynamic modules into $(NATIVE_DIR)/lib*.so (libedgeguard_jwt_shape.so, ...).
 native-modules: toolchain
-	$(if $(strip $(NATIVE_MODULES)),$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_MODULES)),@echo ">> no native Envoy modules to build yet")
+	$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_MODULES))
 
 # ... plus the test-only ones (libedgeguard_dm_smoke.so: tests/tests/dynamic_module_abi.rs).
 native-test: toolchain

@@ -122,11 +122,16 @@ impl Host for NativeHost<'_> {
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
-        if !self
-            .filter
-            .borrow_mut()
-            .set_request_header(name.as_bytes(), value.as_bytes())
-        {
+        let mut f = self.filter.borrow_mut();
+        let ok = if value.is_empty() {
+            // Envoy's set_header drops a header whose new value is empty; an empty value is a
+            // value (PEAS stamps `Portal-Account-ID: ` for an app without account)
+            f.remove_request_header(name.as_bytes());
+            f.add_request_header(name.as_bytes(), b"")
+        } else {
+            f.set_request_header(name.as_bytes(), value.as_bytes())
+        };
+        if !ok {
             native_log(
                 Level::Warn,
                 &format!("edgeguard: could not set request header {name}"),
