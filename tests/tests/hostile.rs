@@ -1,16 +1,15 @@
 //! Hostile input against the filters inside a real Envoy: a byte that is not UTF-8 in every
 //! header each filter reads (request and response side), each bad request followed by 50 good
-//! ones on the same worker (`--concurrency 1`), and Envoy's log free of panics. Then what
+//! ones on the same worker (`--concurrency 1`), and Envoy's log free of panics, for both
+//! builds of each filter (proxy-wasm and the native dynamic module). Then what
 //! `failure_policy: FAIL_RELOAD` does for a VM that does die (the test-only trapping build of
 //! the floor filter), against `FAIL_CLOSED`, which leaves it dead.
 
 use std::time::Duration;
 
 use edgeguard_tests::authz::{seed, Authz};
-use edgeguard_tests::envoy::{
-    cluster, portal_auth_filter, wasm_filter, wasm_filter_with_policy, Envoy, EnvoyConfig,
-    STORE_TOKEN,
-};
+use edgeguard_tests::envoy::{cluster, wasm_filter_with_policy, Envoy, EnvoyConfig, STORE_TOKEN};
+use edgeguard_tests::flavour::Flavour;
 use edgeguard_tests::http::Resp;
 use edgeguard_tests::keys::{now, TestKey};
 use edgeguard_tests::postgres::Postgres;
@@ -79,8 +78,7 @@ fn token() -> String {
     )
 }
 
-#[test]
-fn jwt_shape_survives_header_bytes_that_are_not_utf8() {
+fn jwt_shape_survives_header_bytes_that_are_not_utf8(flavour: Flavour) {
     let echo = Echo::start();
     let config = json!({
         "providers": {"p": {
@@ -98,7 +96,7 @@ fn jwt_shape_survives_header_bytes_that_are_not_utf8() {
         "strip_request_headers": ["portal-*", "rl-*"]
     })
     .to_string();
-    let filter = wasm_filter("jwt_shape", &tools::wasm("jwt_shape"), &config, &[]);
+    let filter = flavour.filter("jwt_shape", &config, &[]);
     let envoy = Envoy::start(&EnvoyConfig::new(echo.port, vec![filter]));
     let bearer = format!("Bearer {}", token());
     let good_path = b"/v1/shape?table=items".to_vec();
@@ -221,8 +219,7 @@ fn jwt_shape_survives_header_bytes_that_are_not_utf8() {
     assert!(envoy.metric("edgeguard_jwt_shape_allowed") >= (cases.len() * GOOD_AFTER_EACH) as f64);
 }
 
-#[test]
-fn portal_auth_survives_header_bytes_that_are_not_utf8() {
+fn portal_auth_survives_header_bytes_that_are_not_utf8(flavour: Flavour) {
     let pg = Postgres::start();
     seed(&pg, true);
     let url = pg.peas_url();
@@ -239,7 +236,8 @@ fn portal_auth_survives_header_bytes_that_are_not_utf8() {
         "strip_request_headers": ["x-edgeguard-*"]
     })
     .to_string();
-    let mut cfg = EnvoyConfig::new(echo.port, vec![portal_auth_filter(&config)]);
+    let filter = flavour.filter("portal_auth", &config, &["EDGEGUARD_STORE_TOKEN"]);
+    let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
     cfg.clusters.push(cluster("authz_http", authz.metrics_port));
     let envoy = Envoy::start(&cfg);
     eventually("store copy loaded", Duration::from_secs(15), || {
@@ -380,3 +378,8 @@ fn fail_closed_leaves_a_dead_vm_dead() {
         assert!(r.status >= 500, "a FAIL_CLOSED VM stays dead: {}", r.status);
     }
 }
+
+edgeguard_tests::flavoured!(
+    jwt_shape_survives_header_bytes_that_are_not_utf8,
+    portal_auth_survives_header_bytes_that_are_not_utf8,
+);
