@@ -70,9 +70,53 @@ pub struct Key {
     /// When the JWK names an algorithm, only that algorithm may use the key.
     pub alg: Option<Algorithm>,
     pub material: KeyMaterial,
+    /// The key as the native verifier takes it.
+    #[cfg(feature = "ring")]
+    native: crate::native_crypto::NativeKey,
+}
+
+/// Which code checks signatures. The native builds use `ring` ([`Backend::Ring`], the default
+/// when the `ring` feature is on); the wasm build the pure-Rust verifiers
+/// ([`Backend::Portable`]). Both give the same answers (tests run every vector through both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Portable,
+    #[cfg(feature = "ring")]
+    Ring,
+}
+
+impl Backend {
+    /// The verifier this build uses.
+    pub const DEFAULT: Backend = {
+        #[cfg(feature = "ring")]
+        {
+            Backend::Ring
+        }
+        #[cfg(not(feature = "ring"))]
+        {
+            Backend::Portable
+        }
+    };
+
+    /// Every verifier compiled in (for tests and benchmarks).
+    pub const ALL: &'static [Backend] = &[
+        Backend::Portable,
+        #[cfg(feature = "ring")]
+        Backend::Ring,
+    ];
 }
 
 impl Key {
+    pub fn new(kid: Option<String>, alg: Option<Algorithm>, material: KeyMaterial) -> Key {
+        Key {
+            kid,
+            alg,
+            #[cfg(feature = "ring")]
+            native: crate::native_crypto::NativeKey::of(&material),
+            material,
+        }
+    }
+
     /// Whether this key may verify `alg`: the same family, the JWK's pinned `alg` if any, and
     /// for HMAC a key at least as long as the hash (so a 32-byte secret verifies HS256 only).
     pub fn accepts(&self, alg: Algorithm) -> bool {
@@ -202,11 +246,7 @@ fn parse_jwk(raw: &RawJwk) -> Result<Key, String> {
         }
         (other, _) => return Err(format!("unsupported kty '{other}'")),
     };
-    let key = Key {
-        kid: raw.kid.clone(),
-        alg,
-        material,
-    };
+    let key = Key::new(raw.kid.clone(), alg, material);
     if let Some(a) = alg {
         if let KeyMaterial::Hmac(k) = &key.material {
             if a.family() == KeyFamily::Hmac && k.len() < min_hmac_key_bytes(a) {
@@ -239,11 +279,7 @@ impl KeySet {
             });
         }
         Ok(KeySet {
-            keys: vec![Key {
-                kid: None,
-                alg: None,
-                material: KeyMaterial::Hmac(secret.to_vec()),
-            }],
+            keys: vec![Key::new(None, None, KeyMaterial::Hmac(secret.to_vec()))],
         })
     }
 
@@ -303,6 +339,16 @@ impl KeySet {
     /// the token's algorithm.
     /// `allowed` restricts the algorithms further (empty: all).
     pub fn verify(&self, jws: &Jws<'_>, allowed: &[Algorithm]) -> Result<(), TokenError> {
+        self.verify_using(jws, allowed, Backend::DEFAULT)
+    }
+
+    /// [`KeySet::verify`] with a given verifier.
+    pub fn verify_using(
+        &self,
+        jws: &Jws<'_>,
+        allowed: &[Algorithm],
+        backend: Backend,
+    ) -> Result<(), TokenError> {
         if !allowed.is_empty() && !allowed.contains(&jws.alg) {
             return Err(TokenError::Algorithm(jws.alg.name().to_string()));
         }
@@ -325,7 +371,7 @@ impl KeySet {
                 continue;
             }
             tried = true;
-            if verify_with(&key.material, jws, &mut digest) {
+            if verify_key(key, jws, &mut digest, backend) {
                 return Ok(());
             }
         }
@@ -369,6 +415,18 @@ fn hmac_verify(alg: Algorithm, key: &[u8], data: &[u8], sig: &[u8]) -> bool {
             .unwrap_or(false),
         _ => false,
     }
+}
+
+fn verify_key(key: &Key, jws: &Jws<'_>, digest: &mut Option<Vec<u8>>, backend: Backend) -> bool {
+    #[cfg(feature = "ring")]
+    if backend == Backend::Ring {
+        let data = jws.signing_input.as_bytes();
+        if let Some(ok) = key.native.verify(jws.alg, data, &jws.signature) {
+            return ok;
+        }
+    }
+    let _ = backend;
+    verify_with(&key.material, jws, digest)
 }
 
 fn verify_with(material: &KeyMaterial, jws: &Jws<'_>, digest: &mut Option<Vec<u8>>) -> bool {

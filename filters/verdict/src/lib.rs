@@ -12,6 +12,8 @@
 
 pub mod identifier;
 pub mod jwk;
+#[cfg(feature = "ring")]
+mod native_crypto;
 pub mod portal;
 pub mod portal_wire;
 pub mod query;

@@ -223,6 +223,13 @@ impl RsaPublicKey {
         self.bits.div_ceil(8)
     }
 
+    /// The modulus as unsigned big-endian bytes (no leading zero byte).
+    pub fn modulus_be(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.size()];
+        limbs_to_be_bytes(&self.n, &mut out);
+        out
+    }
+
     /// The public exponent.
     pub fn exponent(&self) -> u64 {
         self.e

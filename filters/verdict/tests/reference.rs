@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use edgeguard_verdict::jwk::{JwksError, KeySet};
+use edgeguard_verdict::jwk::{Backend, JwksError, KeySet};
 use edgeguard_verdict::token::{self, Algorithm, ClaimRules, TokenError};
 use jsonwebtoken as jwt;
 use rand::rngs::StdRng;
@@ -104,11 +104,29 @@ fn with_signature(token: &str, sig: &[u8]) -> String {
     join(&h, &p, &b64(sig))
 }
 
-/// Our whole verdict: parse, verify with any algorithm, decode the claims.
+/// Our whole verdict: parse, verify with any algorithm, decode the claims. Every signature
+/// check runs through every verifier compiled in (the portable one the wasm build uses and,
+/// natively, `ring`): they must agree on every input, or the test fails here.
 fn ours(set: &KeySet, token: &str) -> Result<Value, TokenError> {
     let jws = token::parse(token, MAX_LEN)?;
-    set.verify(&jws, &[])?;
+    verify_all(set, &jws, &[])?;
     token::decode_claims(&jws)
+}
+
+/// `set.verify_using` with each backend; asserts they agree and returns the answer.
+fn verify_all(set: &KeySet, jws: &token::Jws<'_>, allowed: &[Algorithm]) -> Result<(), TokenError> {
+    let answers: Vec<(Backend, Result<(), TokenError>)> = Backend::ALL
+        .iter()
+        .map(|b| (*b, set.verify_using(jws, allowed, *b)))
+        .collect();
+    for (b, a) in &answers[1..] {
+        assert_eq!(
+            a, &answers[0].1,
+            "verifiers disagree on {}: {:?} says {a:?}, {:?} says {:?}",
+            jws.signing_input, b, answers[0].0, answers[0].1
+        );
+    }
+    answers[0].1.clone()
 }
 
 /// Our key set from a JWKS document; every key must load.
@@ -822,7 +840,7 @@ fn hmac_token_forged_with_the_rsa_public_key_is_rejected() {
                     // Explicitly allowing the HS algorithm changes nothing.
                     let jws = token::parse(&forged, MAX_LEN).unwrap();
                     assert_eq!(
-                        set.verify(&jws, &[alg, Algorithm::RS256]),
+                        verify_all(&set, &jws, &[alg, Algorithm::RS256]),
                         Err(expected),
                         "{what}"
                     );
@@ -1264,7 +1282,7 @@ mod properties {
             let (h, p, s) = split(&token);
             let input = format!("{h}.{p}");
             let jws = token::parse(&token, MAX_LEN).unwrap();
-            prop_assert_eq!(set.verify(&jws, &[]), Ok(()));
+            prop_assert_eq!(verify_all(&set, &jws, &[]), Ok(()));
             prop_assert!(jwt::crypto::verify(&s, input.as_bytes(), &fixture.components, jwt_alg(alg)).unwrap());
             let is_object = serde_json::from_slice::<Value>(&message).is_ok_and(|v| v.is_object());
             prop_assert_eq!(token::decode_claims(&jws).is_ok(), is_object);
@@ -1273,7 +1291,7 @@ mod properties {
             let bad = b64(&flip_bit(&sig, flip.index(sig.len() * 8)));
             let bad_token = join(&h, &p, &bad);
             let bad_jws = token::parse(&bad_token, MAX_LEN).unwrap();
-            prop_assert_eq!(set.verify(&bad_jws, &[]), Err(TokenError::BadSignature));
+            prop_assert_eq!(verify_all(&set, &bad_jws, &[]), Err(TokenError::BadSignature));
             prop_assert!(!jwt::crypto::verify(&bad, input.as_bytes(), &fixture.components, jwt_alg(alg)).unwrap_or(false));
         }
     }
