@@ -1433,7 +1433,7 @@ pub mod hooks {
 /// background hooks), each behind a panic barrier, delegating to `$factory` (a [`FactoryFn`]).
 /// Use it once per cdylib:
 ///
-/// ```ignore
+/// ```text
 /// edgeguard_dynamic_module::declare_http_filter!(new_config);
 /// ```
 ///
