@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up the edgeguard demo on this machine and prints requests to try. Ctrl-C stops it.
-#   Envoy          127.0.0.1:10000 (jwt-shape on /v1/shape, portal-auth + local_ratelimit on /v1/<app>)
+#   Envoy          127.0.0.1:10000 (jwt-shape on /v1/shape, portal-auth + local_ratelimit on /v1/<app>),
+#                  the filters as native dynamic modules (EDGEGUARD_FLAVOUR=wasm: proxy-wasm)
 #                  127.0.0.1:10002 (/v1/<app> through ext_authz → edgeguard authz)
 #   Envoy admin    127.0.0.1:9901
 #   edgeguard authz 127.0.0.1:10001 (gRPC ext_authz), 127.0.0.1:9090 (/metrics, store endpoint);
@@ -23,11 +24,19 @@ ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
 APPS_FILE=${EDGEGUARD_DEMO_APPS_FILE:-$ROOT/envoy/demo/portal-apps.yaml}
 RUN_DIR=${EDGEGUARD_DEMO_DIR:-$ROOT/.run}
+# which build of the filters Envoy loads: native (dynamic modules, line rate) or wasm (proxy-wasm)
+FLAVOUR=${EDGEGUARD_FLAVOUR:-native}
+NATIVE_DIR=${EDGEGUARD_NATIVE_DIR:-$ROOT/target/native}
 # the store endpoint's bearer token, shared by edgeguard authz and portal-auth (a fresh one per run)
 EDGEGUARD_STORE_TOKEN=${EDGEGUARD_STORE_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
 export EDGEGUARD_STORE_TOKEN
 
-for f in "$ENVOY" "$BIN" "$WASM_DIR/jwt_shape.wasm" "$WASM_DIR/portal_auth.wasm" "$APPS_FILE"; do
+case "$FLAVOUR" in
+  native) FILTER_FILES=("$NATIVE_DIR/libedgeguard_jwt_shape.so" "$NATIVE_DIR/libedgeguard_portal_auth.so") ;;
+  wasm) FILTER_FILES=("$WASM_DIR/jwt_shape.wasm" "$WASM_DIR/portal_auth.wasm") ;;
+  *) echo "EDGEGUARD_FLAVOUR must be native or wasm, not '$FLAVOUR'"; exit 1 ;;
+esac
+for f in "$ENVOY" "$BIN" "${FILTER_FILES[@]}" "$APPS_FILE"; do
   [ -e "$f" ] || { echo "missing $f: run 'make run' (it installs and builds everything)"; exit 1; }
 done
 mkdir -p "$RUN_DIR"
@@ -45,8 +54,9 @@ trap 'cleanup; exit 0' INT TERM
 python3 envoy/render.py envoy/demo/envoy.yaml \
   PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" \
   AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
-  FREE_PLAN_BURST="$FREE_PLAN_BURST" \
-  JWT_SHAPE_CONFIG=@envoy/demo/jwt-shape.json PORTAL_AUTH_CONFIG=@envoy/demo/portal-auth.json \
+  FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" \
+  JWT_SHAPE_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape.json \
+  PORTAL_AUTH_FILTER=@filter:portal_auth:envoy/demo/portal-auth.json:EDGEGUARD_STORE_TOKEN \
   > "$RUN_DIR/envoy.yaml"
 
 "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
@@ -54,7 +64,8 @@ pids+=($!)
 PORTAL_APPS_FILE="$APPS_FILE" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
   RATE_LIMIT_HEADERS=true LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
 pids+=($!)
-"$ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$NATIVE_DIR" \
+  "$ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 
 ready() { curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE && curl -fs "http://127.0.0.1:$AUTHZ_HTTP_PORT/readyz" >/dev/null 2>&1; }
@@ -77,7 +88,7 @@ BASE="http://127.0.0.1:$PORT"
 EXT="http://127.0.0.1:$EXT_AUTHZ_PORT"
 cat <<TXT
 
-edgeguard demo is up (logs in $RUN_DIR). Try:
+edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
 
   # jwt-shape, 200: the token's shape claim covers table=items (the echo shows what Electric gets:
   #      client secrets stripped, the Electric secret injected, claims stamped)

@@ -1,15 +1,17 @@
 //! `make run`: the demo script brings everything up, and every command it prints gives the
-//! answer its comment promises (jwt-shape, portal-auth, local rate limiting, ext_authz, grpcurl). Run on other ports so it does not collide with a real demo.
+//! answer its comment promises (jwt-shape, portal-auth, local rate limiting, ext_authz, grpcurl),
+//! with either build of the filters (`EDGEGUARD_FLAVOUR`). Run on other ports so it does not
+//! collide with a real demo.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgeguard_tests::flavour::Flavour;
 use edgeguard_tests::process::{free_port, wait_for_port};
 use edgeguard_tests::tools;
 
-#[test]
-fn make_run_prints_working_curl_lines() {
+fn make_run_prints_working_curl_lines(flavour: Flavour) {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let (port, ext, admin, authz, authz_http, echo) =
@@ -24,6 +26,8 @@ fn make_run_prints_working_curl_lines() {
         .env("EDGEGUARD_DEMO_AUTHZ_HTTP_PORT", authz_http.to_string())
         .env("EDGEGUARD_DEMO_ECHO_PORT", echo.to_string())
         .env("EDGEGUARD_DEMO_DIR", dir.path())
+        .env("EDGEGUARD_FLAVOUR", flavour.name())
+        .env("EDGEGUARD_NATIVE_DIR", tools::native_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -46,6 +50,13 @@ fn make_run_prints_working_curl_lines() {
             lines.join("\n")
         );
     }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("edgeguard demo is up ({} filters", flavour.name()))),
+        "{}",
+        lines.join("\n")
+    );
     let commands: Vec<String> = lines
         .iter()
         .map(|l| l.trim())
@@ -205,3 +216,5 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .stderr(Stdio::null())
         .status();
 }
+
+edgeguard_tests::flavoured!(make_run_prints_working_curl_lines);
