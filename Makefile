@@ -24,6 +24,7 @@ CARGO       ?= cargo
 NATIVE_DIR          := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/native
 NATIVE_MODULES      := jwt-shape-native portal-auth-native
 NATIVE_TEST_MODULES := edgeguard-dm-smoke
+NATIVE_BENCH_MODULES := floor-native
 
 export EDGEGUARD_ENVOY    := $(ENVOY)
 export EDGEGUARD_WASM_DIR := $(WASM_DIR)
@@ -173,6 +174,7 @@ grpcurl-check: grpcurl
 
 # ---------------------------------------------------------------- bench
 bench: tools build
+	$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_BENCH_MODULES))
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@tests/bench/run.sh
 

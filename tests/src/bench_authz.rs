@@ -526,7 +526,7 @@ fn combine(runs: &[WrkResult]) -> WrkResult {
 }
 
 /// wrk against every Envoy in turn, `rounds` times (after a 2 s warm-up each); the medians.
-fn wrk_rounds(
+pub fn wrk_rounds(
     section: &str,
     envoys: &[(&str, &Envoy)],
     path: &str,

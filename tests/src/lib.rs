@@ -8,6 +8,7 @@
 pub mod authz;
 pub mod bench;
 pub mod bench_authz;
+pub mod bench_native;
 pub mod bench_xds;
 pub mod envoy;
 pub mod flavour;

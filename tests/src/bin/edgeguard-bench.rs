@@ -2,7 +2,7 @@
 //! own Envoy (started together, loaded in turn, several rounds), and the table gives medians
 //! and ratios. Absolute numbers on shared machines are noise; the ratios are the result.
 //!
-//! usage: edgeguard-bench [SECTION...]   (sections: jwt; default: all)
+//! usage: edgeguard-bench [SECTION...]   (sections: jwt xds authz portal native; default: all)
 //! env:   EDGEGUARD_BENCH_SECONDS (10), EDGEGUARD_BENCH_ROUNDS (3), EDGEGUARD_BENCH_OUT (target/bench)
 
 use std::collections::BTreeMap;
@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use edgeguard_tests::bench::{median, token_rotation_script, wrk, Load, WrkResult};
-use edgeguard_tests::envoy::{wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::envoy::{dynamic_module_filter, wasm_filter, Envoy, EnvoyConfig};
+use edgeguard_tests::flavour::Flavour;
 use edgeguard_tests::keys::{jwks, now, TestKey};
 use edgeguard_tests::tools;
 use serde_json::{json, Value};
@@ -52,6 +53,12 @@ fn floor() -> Value {
     wasm_filter("floor", &tools::wasm("floor"), "", &[])
 }
 
+/// The same work as a native dynamic module (filters/floor-native): what any module costs.
+fn native_floor() -> Value {
+    tools::native_module("edgeguard_floor");
+    dynamic_module_filter("edgeguard_floor", "floor", "")
+}
+
 fn jwt_authn(jwks: &Value, cache: bool) -> Value {
     let mut provider = json!({
         "issuer": ISSUER,
@@ -71,7 +78,7 @@ fn jwt_authn(jwks: &Value, cache: bool) -> Value {
     })
 }
 
-fn jwt_shape(jwks: &Value, bind_shape: bool) -> Value {
+fn jwt_shape(flavour: Flavour, jwks: &Value, bind_shape: bool) -> Value {
     let rule = if bind_shape {
         json!({"match": {"path": "/v1/shape"}, "provider": "bench", "bind_shape": true})
     } else {
@@ -82,17 +89,13 @@ fn jwt_shape(jwks: &Value, bind_shape: bool) -> Value {
         "rules": [rule],
         "cache": {"max_entries": 4096}
     });
-    wasm_filter(
-        "jwt_shape",
-        &tools::wasm("jwt_shape"),
-        &config.to_string(),
-        &[],
-    )
+    flavour.filter("jwt_shape", &config.to_string(), &[])
 }
 
 struct Row {
     scenario: &'static str,
     mode: &'static str,
+    concurrency: u32,
     result: WrkResult,
 }
 
@@ -131,6 +134,10 @@ fn jwt_section(report: &mut String) {
             filters: vec![floor()],
         },
         Scenario {
+            name: "(fn) floor: trivial native module",
+            filters: vec![native_floor()],
+        },
+        Scenario {
             name: "(b) jwt_authn",
             filters: vec![jwt_authn(&set, false)],
         },
@@ -139,75 +146,91 @@ fn jwt_section(report: &mut String) {
             filters: vec![jwt_authn(&set, true)],
         },
         Scenario {
-            name: "(c) jwt-shape RS256",
-            filters: vec![jwt_shape(&set, false)],
+            name: "(c) jwt-shape RS256, wasm",
+            filters: vec![jwt_shape(Flavour::Wasm, &set, false)],
         },
         Scenario {
-            name: "(d) jwt-shape + shape binding",
-            filters: vec![jwt_shape(&set, true)],
+            name: "(cn) jwt-shape RS256, native",
+            filters: vec![jwt_shape(Flavour::Native, &set, false)],
+        },
+        Scenario {
+            name: "(d) jwt-shape + shape binding, wasm",
+            filters: vec![jwt_shape(Flavour::Wasm, &set, true)],
+        },
+        Scenario {
+            name: "(dn) jwt-shape + shape binding, native",
+            filters: vec![jwt_shape(Flavour::Native, &set, true)],
         },
     ];
-    let envoys: Vec<Envoy> = scenarios.iter().map(|s| start(&s.filters, 1)).collect();
-    // every scenario must really allow the request, or the numbers mean nothing
-    for (s, e) in scenarios.iter().zip(&envoys) {
-        let r = e.get(PATH, &[("authorization", &format!("Bearer {reused}"))]);
-        assert_eq!(r.status, 200, "{}: {}", s.name, r.body);
-        let r = e.get(PATH, &[("authorization", &format!("Bearer {}", tokens[0]))]);
-        assert_eq!(r.status, 200, "{}: {}", s.name, r.body);
-    }
-
     let auth = format!("Bearer {reused}");
-    // warm-up: V8 tiers hot wasm functions up to optimised code under load; measure after that
-    let warm = Load {
-        threads: 1,
-        connections: 16,
-        seconds: 2,
-    };
-    for e in &envoys {
-        let url = format!("http://127.0.0.1:{}{PATH}", e.port);
-        wrk(&url, &warm, None, &[("Authorization", &auth)]);
-        wrk(&url, &warm, Some(&script), &[]);
-    }
-    let mut results: BTreeMap<(usize, &'static str), Vec<WrkResult>> = BTreeMap::new();
-    for round in 1..=rounds {
+    let mut rows = Vec::new();
+    for concurrency in [1u32, 2] {
+        let envoys: Vec<Envoy> = scenarios
+            .iter()
+            .map(|s| start(&s.filters, concurrency))
+            .collect();
+        // every scenario must really allow the request, or the numbers mean nothing
+        for (s, e) in scenarios.iter().zip(&envoys) {
+            let r = e.get(PATH, &[("authorization", &format!("Bearer {reused}"))]);
+            assert_eq!(r.status, 200, "{}: {}", s.name, r.body);
+            let r = e.get(PATH, &[("authorization", &format!("Bearer {}", tokens[0]))]);
+            assert_eq!(r.status, 200, "{}: {}", s.name, r.body);
+        }
+        // warm-up: V8 tiers hot wasm functions up to optimised code under load; measure after
+        let warm = Load {
+            threads: 1,
+            connections: 16,
+            seconds: 2,
+        };
+        for e in &envoys {
+            let url = format!("http://127.0.0.1:{}{PATH}", e.port);
+            wrk(&url, &warm, None, &[("Authorization", &auth)]);
+            wrk(&url, &warm, Some(&script), &[]);
+        }
+        let mut results: BTreeMap<(usize, &'static str), Vec<WrkResult>> = BTreeMap::new();
+        for round in 1..=rounds {
+            for mode in ["reused token", "distinct tokens"] {
+                for (i, (s, e)) in scenarios.iter().zip(&envoys).enumerate() {
+                    let url = format!("http://127.0.0.1:{}{PATH}", e.port);
+                    let r = if mode == "reused token" {
+                        wrk(&url, &load, None, &[("Authorization", &auth)])
+                    } else {
+                        wrk(&url, &load, Some(&script), &[])
+                    };
+                    eprintln!("jwt c{concurrency} round {round}/{rounds} {mode:15} {:40} {:>9.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {} cache hit/miss {}/{}",
+                        s.name, r.rps, r.p50_ms, r.p99_ms, r.non_2xx,
+                        e.metric("edgeguard_jwt_shape_cache_hit"), e.metric("edgeguard_jwt_shape_cache_miss"));
+                    results.entry((i, mode)).or_default().push(r);
+                }
+            }
+        }
+        drop(envoys);
         for mode in ["reused token", "distinct tokens"] {
-            for (i, (s, e)) in scenarios.iter().zip(&envoys).enumerate() {
-                let url = format!("http://127.0.0.1:{}{PATH}", e.port);
-                let r = if mode == "reused token" {
-                    wrk(&url, &load, None, &[("Authorization", &auth)])
-                } else {
-                    wrk(&url, &load, Some(&script), &[])
-                };
-                eprintln!("jwt round {round}/{rounds} {mode:15} {:32} {:>9.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {} cache hit/miss {}/{}",
-                    s.name, r.rps, r.p50_ms, r.p99_ms, r.non_2xx,
-                    e.metric("edgeguard_jwt_shape_cache_hit"), e.metric("edgeguard_jwt_shape_cache_miss"));
-                results.entry((i, mode)).or_default().push(r);
+            for (i, s) in scenarios.iter().enumerate() {
+                let runs = &results[&(i, mode)];
+                rows.push(Row {
+                    scenario: s.name,
+                    mode,
+                    concurrency,
+                    result: WrkResult {
+                        rps: median(runs.iter().map(|r| r.rps).collect()),
+                        p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
+                        p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+                        requests: runs.iter().map(|r| r.requests).sum(),
+                        non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+                        errors: runs.iter().map(|r| r.errors).sum(),
+                    },
+                });
             }
         }
     }
-    drop(envoys);
-
-    let mut rows = Vec::new();
-    for mode in ["reused token", "distinct tokens"] {
-        for (i, s) in scenarios.iter().enumerate() {
-            let runs = &results[&(i, mode)];
-            rows.push(Row {
-                scenario: s.name,
-                mode,
-                result: WrkResult {
-                    rps: median(runs.iter().map(|r| r.rps).collect()),
-                    p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
-                    p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
-                    requests: runs.iter().map(|r| r.requests).sum(),
-                    non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
-                    errors: runs.iter().map(|r| r.errors).sum(),
-                },
-            });
-        }
-    }
-    let rps = |mode: &str, prefix: &str| {
+    let rps_at = |concurrency: u32, mode: &str, prefix: &str| {
         rows.iter()
-            .find(|r| r.mode == mode && r.scenario.starts_with(prefix))
+            .find(|r| {
+                r.concurrency == concurrency
+                    && r.mode == mode
+                    && r.scenario.starts_with(&format!("{prefix} "))
+            })
             .map_or(f64::NAN, |r| r.result.rps)
     };
     let _ = writeln!(
@@ -216,26 +239,29 @@ fn jwt_section(report: &mut String) {
     );
     let _ = writeln!(
         report,
-        "wrk -t1 -c16 -d{seconds}s, Envoy --concurrency 1, direct_response route, median of {rounds} alternating rounds; {DISTINCT_TOKENS} distinct tokens rotate round-robin (more than any cache holds).\n"
+        "wrk -t1 -c16 -d{seconds}s, direct_response route, median of {rounds} alternating rounds per Envoy --concurrency; {DISTINCT_TOKENS} distinct tokens rotate round-robin (more than any cache holds). (…n) rows are the native dynamic modules.\n"
     );
     let _ = writeln!(
         report,
-        "| scenario | tokens | req/s | p50 ms | p99 ms | × (a) | × (b) | non-2xx |"
+        "| scenario | tokens | workers | req/s | p50 ms | p99 ms | × (a) | × (b) | × (b') | non-2xx |"
     );
-    let _ = writeln!(report, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(report, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
-        let a = rps(r.mode, "(a)");
-        let b = rps(r.mode, "(b)");
+        let a = rps_at(r.concurrency, r.mode, "(a)");
+        let b = rps_at(r.concurrency, r.mode, "(b)");
+        let bc = rps_at(r.concurrency, r.mode, "(b')");
         let _ = writeln!(
             report,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             r.scenario,
             r.mode,
+            r.concurrency,
             r.result.rps,
             r.result.p50_ms,
             r.result.p99_ms,
             r.result.rps / a,
             r.result.rps / b,
+            r.result.rps / bc,
             r.result.non_2xx
         );
     }
@@ -259,7 +285,7 @@ fn jwt_section(report: &mut String) {
     let mut base_after = None;
     for s in scenarios
         .iter()
-        .filter(|s| !s.name.starts_with("(b')") && !s.name.starts_with("(d)"))
+        .filter(|s| !s.name.starts_with("(b')") && !s.name.starts_with("(d"))
     {
         let e = start(&s.filters, 2);
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -278,18 +304,25 @@ fn jwt_section(report: &mut String) {
         );
     }
     let _ = writeln!(report);
-    let targets = format!(
-        "targets: reused (c) >= 1.0x (b): {:.2}x; reused (c) >= 0.85x (a): {:.2}x; distinct (c) >= 0.5x (b): {:.2}x",
-        rps("reused token", "(c)") / rps("reused token", "(b)"),
-        rps("reused token", "(c)") / rps("reused token", "(a)"),
-        rps("distinct tokens", "(c)") / rps("distinct tokens", "(b)"),
-    );
-    let _ = writeln!(report, "{targets}\n");
+    for c in [1u32, 2] {
+        let r = |mode: &str, p: &str| rps_at(c, mode, p);
+        let _ = writeln!(
+            report,
+            "targets, --concurrency {c}: native reused (cn) >= 0.90x (a): {:.2}x; native distinct (cn) >= 1.0x (b): {:.2}x (x (b') {:.2}); native binding reused (dn) >= 0.85x (a): {:.2}x; wasm reused (c): {:.2}x (a), floors (f) {:.2}x / (fn) {:.2}x (a)\n",
+            r("reused token", "(cn)") / r("reused token", "(a)"),
+            r("distinct tokens", "(cn)") / r("distinct tokens", "(b)"),
+            r("distinct tokens", "(cn)") / r("distinct tokens", "(b')"),
+            r("reused token", "(dn)") / r("reused token", "(a)"),
+            r("reused token", "(c)") / r("reused token", "(a)"),
+            r("reused token", "(f)") / r("reused token", "(a)"),
+            r("reused token", "(fn)") / r("reused token", "(a)"),
+        );
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["jwt", "xds", "authz", "portal"];
+    let all = ["jwt", "xds", "authz", "portal", "native"];
     let sections: Vec<&str> = if args.is_empty() {
         all.to_vec()
     } else {
@@ -303,6 +336,7 @@ fn main() {
             "xds" => edgeguard_tests::bench_xds::section(&mut report),
             "authz" => edgeguard_tests::bench_authz::authz_section(&mut report),
             "portal" => edgeguard_tests::bench_authz::portal_section(&mut report),
+            "native" => edgeguard_tests::bench_native::section(&mut report),
             other => {
                 eprintln!("unknown section {other}; sections: {}", all.join(", "));
                 std::process::exit(2);
