@@ -28,7 +28,7 @@ use crate::postgres::Postgres;
 use crate::process::free_port;
 use crate::tools;
 
-fn env_u32(name: &str, default: u32) -> u32 {
+pub fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -350,7 +350,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn mib(kib: u64) -> f64 {
+pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
@@ -453,7 +453,7 @@ pub fn reloads(log: &str) -> Vec<Reload> {
         .collect()
 }
 
-fn start_envoy(filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32) -> Envoy {
+pub fn start_envoy(filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32) -> Envoy {
     let mut cfg = EnvoyConfig::new(1, filters);
     cfg.clusters = clusters;
     cfg.direct_response = true;
@@ -462,7 +462,7 @@ fn start_envoy(filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32) -> E
     Envoy::start(&cfg)
 }
 
-fn ext_authz_filter() -> Value {
+pub fn ext_authz_filter() -> Value {
     json!({
         "name": "envoy.filters.http.ext_authz",
         "typed_config": {
@@ -503,7 +503,7 @@ fn stat(stats: &HashMap<String, f64>, name: &str) -> f64 {
     stats.get(name).copied().unwrap_or(0.0)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
         if f() {

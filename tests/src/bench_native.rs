@@ -11,28 +11,15 @@ use serde_json::{json, Value};
 
 use crate::authz::STORE_TOKEN;
 use crate::bench::Load;
-use crate::bench_authz::{populate, sample_targets, start_authz_timed};
-use crate::envoy::{cluster, dynamic_module_filter, grpc_cluster, wasm_filter, Envoy, EnvoyConfig};
+use crate::bench_authz::{
+    env_u32, ext_authz_filter as ext_authz, mib, populate, sample_targets, start_authz_timed,
+    start_envoy, wait_for,
+};
+use crate::envoy::{cluster, dynamic_module_filter, grpc_cluster, wasm_filter, Envoy};
 use crate::flavour::Flavour;
 use crate::postgres::Postgres;
 use crate::process::free_port;
 use crate::tools;
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn start_envoy(filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32) -> Envoy {
-    let mut cfg = EnvoyConfig::new(1, filters);
-    cfg.clusters = clusters;
-    cfg.direct_response = true;
-    cfg.concurrency = concurrency;
-    cfg.log_level = "warning";
-    Envoy::start(&cfg)
-}
 
 fn portal_auth(flavour: Flavour) -> Value {
     let config = json!({
@@ -46,18 +33,6 @@ fn portal_auth(flavour: Flavour) -> Value {
     )
 }
 
-fn ext_authz() -> Value {
-    json!({
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "2s"},
-            "failure_mode_allow": false
-        }
-    })
-}
-
 fn floor(flavour: Flavour) -> Value {
     match flavour {
         Flavour::Wasm => wasm_filter("floor", &tools::wasm("floor"), "", &[]),
@@ -66,21 +41,6 @@ fn floor(flavour: Flavour) -> Value {
             dynamic_module_filter("edgeguard_floor", "floor", "")
         }
     }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if f() {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
 pub fn section(report: &mut String) {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 #[cfg(feature = "native")]
 mod native_host;
 #[cfg(feature = "native")]
-pub use native_host::{native_log, native_now, NativeBackground, NativeHost, NativeMetrics};
+pub use native_host::{
+    callout_answer, native_log, native_now, NativeBackground, NativeHost, NativeMetrics,
+};
 #[cfg(target_arch = "wasm32")]
 pub mod abi;
 #[cfg(target_arch = "wasm32")]

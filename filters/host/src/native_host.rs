@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use edgeguard_dynamic_module::{
-    log, ConfigEnv, CounterId, EnvoyFilterConfig, EnvoyHttpFilter, GaugeId, LogLevel,
+    log, CalloutResponse, CalloutResult, ConfigEnv, CounterId, EnvoyFilterConfig, EnvoyHttpFilter,
+    GaugeId, LogLevel,
 };
 
 use crate::{Background, Host, Level, Metrics};
@@ -35,6 +36,23 @@ pub fn native_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A callout's answer as the background code takes it: the `:status` as text (`None` when
+/// there was no response) and the whole body.
+pub fn callout_answer(
+    result: CalloutResult,
+    response: &CalloutResponse<'_>,
+) -> (Option<String>, Option<Vec<u8>>) {
+    match result {
+        CalloutResult::Success => (
+            response
+                .header(b":status")
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            Some(response.body()),
+        ),
+        _ => (None, None),
+    }
 }
 
 /// The counters and gauges of one filter configuration, by name. Envoy exports them as

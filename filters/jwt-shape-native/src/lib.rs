@@ -18,7 +18,8 @@ use edgeguard_dynamic_module::{
     Ticker,
 };
 use edgeguard_host::{
-    native_log, native_now, Host, Level, NativeBackground, NativeHost, NativeMetrics, ProcessEnv,
+    callout_answer, native_log, native_now, Host, Level, NativeBackground, NativeHost,
+    NativeMetrics, ProcessEnv,
 };
 use jwt_shape::config::Config;
 use jwt_shape::engine::{self, Outcome};
@@ -121,15 +122,7 @@ impl FilterConfig for JwtShape {
         response: &CalloutResponse<'_>,
     ) {
         let s = &self.state;
-        let (status, body) = match result {
-            CalloutResult::Success => (
-                response
-                    .header(b":status")
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-                Some(response.body()),
-            ),
-            _ => (None, None),
-        };
+        let (status, body) = callout_answer(result, response);
         let bg = NativeBackground::new(config, &s.metrics);
         if let Some(answered) = jwks::answer(
             &s.config,

@@ -16,7 +16,8 @@ use edgeguard_dynamic_module::{
     EnvoyFilterConfig, EnvoyHttpFilter, Filter, FilterConfig, HeadersStatus, Ticker,
 };
 use edgeguard_host::{
-    native_log, native_now, Level, NativeBackground, NativeHost, NativeMetrics, ProcessEnv,
+    callout_answer, native_log, native_now, Level, NativeBackground, NativeHost, NativeMetrics,
+    ProcessEnv,
 };
 use portal_auth::config::Config;
 use portal_auth::engine::{self, Copy, Outcome};
@@ -125,15 +126,7 @@ impl FilterConfig for PortalAuth {
         response: &CalloutResponse<'_>,
     ) {
         let s = &self.state;
-        let (status, body) = match result {
-            CalloutResult::Success => (
-                response
-                    .header(b":status")
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-                Some(response.body()),
-            ),
-            _ => (None, None),
-        };
+        let (status, body) = callout_answer(result, response);
         let mut guard = s.writer();
         let w = &mut *guard;
         let before = (w.copy.version, w.copy.loaded);
