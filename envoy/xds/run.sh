@@ -11,11 +11,14 @@ ROOT=$PWD
 
 ENVOY=${EDGEGUARD_ENVOY:-$ROOT/.tools/venv/lib/python3.11/site-packages/envoy/_bin/envoy}
 WASM_DIR=${EDGEGUARD_WASM_DIR:-$ROOT/target/wasm32-wasip1/release}
+# `runtime: native` filters: Envoy loads lib<module>.so from here (`make build` puts them there)
+NATIVE_DIR=${EDGEGUARD_NATIVE_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/native}
 BIN=${EDGEGUARD_BIN:-$ROOT/target/release/edgeguard}
 CONFIG=${EDGEGUARD_XDS_CONFIG:-$ROOT/envoy/xds/demo.yaml}
 export EDGEGUARD_DEMO_PORT=${EDGEGUARD_DEMO_PORT:-10000}
 export EDGEGUARD_DEMO_ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
 export EDGEGUARD_WASM_DIR=$WASM_DIR
+export EDGEGUARD_NATIVE_DIR=$NATIVE_DIR
 ADMIN_PORT=${EDGEGUARD_DEMO_ADMIN_PORT:-9901}
 XDS_PORT=${EDGEGUARD_XDS_PORT:-18000}
 METRICS_PORT=${EDGEGUARD_XDS_METRICS_PORT:-18001}
@@ -51,7 +54,7 @@ for _ in $(seq 1 100); do
   if ! kill -0 "${pids[1]}" 2>/dev/null; then echo "edgeguard xds exited; see $RUN_DIR/xds.log:"; tail -5 "$RUN_DIR/xds.log"; exit 1; fi
   sleep 0.1
 done
-"$ENVOY" -c "$RUN_DIR/envoy-xds.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$NATIVE_DIR "$ENVOY" -c "$RUN_DIR/envoy-xds.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 
 # ready = the listener delivered over LDS answers (the filter's config arrives over ECDS)

@@ -178,7 +178,8 @@ fn spawn(config: &Path, port: u16, metrics_port: u16, log: &Path) -> Proc {
     Proc::spawn("edgeguard xds", cmd, log)
 }
 
-/// An Envoy started from `envoy/xds/bootstrap.yaml`.
+/// An Envoy started from `envoy/xds/bootstrap.yaml`, with the native modules' search path
+/// ([`crate::tools::native_dir`]) and the store token in its environment.
 pub struct XdsEnvoy {
     pub admin_port: u16,
     pub proc: Proc,
@@ -203,7 +204,15 @@ impl XdsEnvoy {
             .arg(&file)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info"])
             .arg("--admin-address-path")
-            .arg(&admin_file);
+            .arg(&admin_file)
+            // `runtime: native` filters: Envoy loads lib<module>.so from here
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                crate::tools::native_dir(),
+            )
+            // portal-auth's store token (a wasm VM gets it through `env`, a native module
+            // reads it here), as the other harness's Envoys have it
+            .env("EDGEGUARD_STORE_TOKEN", crate::authz::STORE_TOKEN);
         let mut proc = Proc::spawn("envoy", cmd, &dir.path().join("envoy.log"));
         let deadline = Instant::now() + Duration::from_secs(30);
         let admin_port = loop {
@@ -254,6 +263,30 @@ impl XdsEnvoy {
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// `/stats/prometheus`.
+    pub fn prometheus(&self) -> String {
+        http::get(self.admin_port, "/stats/prometheus", &[])
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// The `@type` of the filter configuration Envoy runs under ECDS name `name` ("" when it
+    /// has none), from `/config_dump?resource=ecds_filters`.
+    pub fn ecds_type(&self, name: &str) -> String {
+        let dump: Value = http::get(self.admin_port, "/config_dump?resource=ecds_filters", &[])
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or(Value::Null);
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["ecds_filter"]["name"] == name)
+            .and_then(|c| c["ecds_filter"]["typed_config"]["@type"].as_str())
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn log(&self) -> String {

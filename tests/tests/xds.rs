@@ -3,13 +3,17 @@
 //! file edits live within 2 s (a filter change without draining the listener), inconsistent
 //! files refused with the problem named while traffic stays, a configuration Envoy NACKs
 //! parked without a resend loop, a control-plane restart under a serving Envoy, per-node
-//! snapshots, and the `make run-xds` script's curl lines.
+//! snapshots, the native builds (`runtime: native`: jwt-shape and portal-auth as Envoy
+//! dynamic modules over ECDS) and a live switch between the builds, and the `make run-xds`
+//! script's curl lines.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgeguard_tests::authz::Authz;
+use edgeguard_tests::envoy::metric_value;
 use edgeguard_tests::http::{self, Resp};
 use edgeguard_tests::keys::{now, TestKey};
 use edgeguard_tests::process::{free_port, Echo};
@@ -580,6 +584,199 @@ fn nodes_get_their_own_snapshots() {
             );
         }
     }
+}
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const NATIVE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// Two listeners: `shape` behind jwt-shape (the demo's configuration) and `portal` behind
+/// portal-auth (synced from `edgeguard authz` on `authz_http`), each filter with the given
+/// extra fields (its `runtime`, and for portal-auth under wasm the store token's `env`).
+struct Runtimes {
+    shape: u16,
+    portal: u16,
+    echo: u16,
+    authz_http: u16,
+}
+
+impl Runtimes {
+    fn render(&self, jwt: &str, portal: &str) -> String {
+        let wasm_dir = tools::wasm("jwt_shape").parent().unwrap().to_path_buf();
+        let portal_config = json!({
+            "store": {"cluster": "authz_http", "authority": "edgeguard-authz",
+                      "refresh_interval_ms": 200, "timeout_ms": 2000},
+            "rate_limit_headers": true
+        });
+        format!(
+            r#"wasm_dir: {wasm_dir}
+native_dir: {native_dir}
+upstreams:
+  - {{ name: electric, endpoints: ["127.0.0.1:{echo}"] }}
+  - {{ name: authz_http, endpoints: ["127.0.0.1:{authz}"] }}
+filters:
+  - name: jwt-shape
+    type: jwt-shape
+    {jwt}
+    config: {jwt_config}
+  - name: portal-auth
+    type: portal-auth
+    {portal}
+    config: {portal_config}
+listeners:
+  - {{ name: shape, address: "127.0.0.1:{shape}", filters: [jwt-shape] }}
+  - {{ name: portal, address: "127.0.0.1:{portal_port}", filters: [portal-auth] }}
+routes:
+  - {{ listener: shape, match: {{ path: /v1/shape }}, upstream: electric, timeout: 15s }}
+  - {{ listener: portal, match: {{ prefix: / }}, upstream: electric, timeout: 15s }}
+"#,
+            wasm_dir = wasm_dir.display(),
+            native_dir = tools::native_dir().display(),
+            echo = self.echo,
+            authz = self.authz_http,
+            jwt_config = Cfg::new(self.echo).jwt_config(),
+            shape = self.shape,
+            portal_port = self.portal,
+        )
+    }
+
+    /// jwt-shape answers: 401 without a token, 200 (and the Electric secret injected) with one.
+    fn shape_answers(&self, token: &str) -> bool {
+        shape(self.shape, None).is_some_and(|r| r.status == 401)
+            && allowed_with_secret(self.shape, token, "demo-electric-secret")
+    }
+
+    /// portal-auth answers from the demo's portal apps (`envoy/demo/portal-apps.yaml`).
+    fn portal_answers(&self) -> bool {
+        let status = |path: &str, headers: &[(&str, &str)]| {
+            xds::get(self.portal, path, headers).map_or(0, |r| r.status)
+        };
+        let public = xds::get(self.portal, "/v1/demo_public", &[]);
+        public.is_some_and(|r| {
+            r.status == 200 && r.echoed("portal-application-id").as_deref() == Some("demo_public")
+        }) && status("/v1/demo_keyed", &[]) == 401
+            && status(
+                "/v1/demo_keyed",
+                &[("authorization", "demo-secret-key-0001")],
+            ) == 200
+            && status("/v1/no_such_app", &[]) == 404
+    }
+}
+
+#[test]
+fn native_filters_are_delivered_and_switching_runtime_is_live() {
+    let echo = Echo::start();
+    let apps = tools::root().join("envoy/demo/portal-apps.yaml");
+    let authz = Authz::start(&[("PORTAL_APPS_FILE", apps.to_str().unwrap())]);
+    assert!(authz.wait_ready(Duration::from_secs(10)), "{}", authz.log());
+    let rt = Runtimes {
+        shape: free_port(),
+        portal: free_port(),
+        echo: echo.port,
+        authz_http: authz.metrics_port,
+    };
+    let wasm_portal = "runtime: wasm\n    env: [EDGEGUARD_STORE_TOKEN]";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.yaml");
+    // jwt-shape as wasm (runtime left out: the default), portal-auth native
+    write_atomic(&file, &rt.render("", "runtime: native"));
+    let xds = XdsServer::start(&file);
+    let envoy = XdsEnvoy::start("edge-a", "edge", xds.port);
+    let t = token();
+    assert_eq!(envoy.ecds_type("jwt-shape"), WASM_TYPE);
+    assert_eq!(envoy.ecds_type("portal-auth"), NATIVE_TYPE);
+    assert!(
+        wait_until(Duration::from_secs(15), || rt.shape_answers(&t)
+            && rt.portal_answers())
+        .is_some(),
+        "the delivered filters do not answer; xds log:\n{}\nenvoy log:\n{}",
+        xds.log(),
+        envoy.log()
+    );
+    // each request was decided by the build Envoy was given: native counters are the
+    // module's (`envoy_edgeguard_*`, metrics namespace `edgeguard`), wasm ones the VM's
+    let counters = |envoy: &XdsEnvoy| {
+        let text = envoy.prometheus();
+        [
+            "edgeguard_jwt_shape_allowed",
+            "envoy_edgeguard_jwt_shape_allowed",
+            "edgeguard_portal_auth_allowed",
+            "envoy_edgeguard_portal_auth_allowed",
+        ]
+        .map(|name| metric_value(&text, name))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let [jwt_wasm, jwt_native, portal_wasm, portal_native] = counters(&envoy);
+            jwt_wasm >= 1.0 && jwt_native == 0.0 && portal_wasm == 0.0 && portal_native >= 1.0
+        })
+        .is_some(),
+        "{:?}",
+        counters(&envoy)
+    );
+
+    // switch both: jwt-shape to native, portal-auth to wasm, by editing the file
+    let modified = envoy.stat("listener_manager.listener_modified");
+    let ecds_pushes = xds.metric_with("edgeguard_xds_pushes_total", "type=\"ecds\"");
+    write_atomic(&file, &rt.render("runtime: native", wasm_portal));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            envoy.ecds_type("jwt-shape") == NATIVE_TYPE
+                && envoy.ecds_type("portal-auth") == WASM_TYPE
+        })
+        .is_some(),
+        "the runtime switch was not applied; xds log:\n{}\nenvoy log:\n{}",
+        xds.log(),
+        envoy.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || rt.shape_answers(&t)
+            && rt.portal_answers())
+        .is_some(),
+        "the switched filters do not answer; envoy log:\n{}",
+        envoy.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let [_, jwt_native, portal_wasm, _] = counters(&envoy);
+            jwt_native >= 1.0 && portal_wasm >= 1.0
+        })
+        .is_some(),
+        "{:?}",
+        counters(&envoy)
+    );
+    // an ECDS update only: the listeners were not touched, nothing was rejected
+    assert_eq!(envoy.stat("listener_manager.listener_modified"), modified);
+    assert_eq!(
+        xds.metric_with("edgeguard_xds_pushes_total", "type=\"lds\""),
+        1.0
+    );
+    assert_eq!(
+        xds.metric_with("edgeguard_xds_pushes_total", "type=\"ecds\""),
+        ecds_pushes + 1.0
+    );
+    assert_eq!(xds.metric("edgeguard_xds_nacks_total"), 0.0);
+    for name in ["jwt-shape", "portal-auth"] {
+        let stat = format!("extension_config_discovery.http_filter.{name}.update_rejected");
+        assert_eq!(envoy.stat(&stat), 0, "{name}");
+    }
+
+    // and back: jwt-shape to wasm again (runtime: wasm written out)
+    write_atomic(&file, &rt.render("runtime: wasm", wasm_portal));
+    assert!(
+        wait_until(Duration::from_secs(10), || envoy.ecds_type("jwt-shape")
+            == WASM_TYPE)
+        .is_some(),
+        "xds log:\n{}",
+        xds.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || rt.shape_answers(&t)).is_some(),
+        "envoy log:\n{}",
+        envoy.log()
+    );
+    assert_eq!(envoy.stat("listener_manager.listener_modified"), modified);
+    assert_eq!(xds.metric("edgeguard_xds_nacks_total"), 0.0);
 }
 
 fn send_signal(pid: u32, sig: i32) {

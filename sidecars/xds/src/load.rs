@@ -105,7 +105,8 @@ pub fn load_with(
             Some(d) => base.join(d),
             None => base.clone(),
         };
-        build_all(&file, &wasm_dir, env, exists)
+        let native_dir = file.native_dir.as_ref().map(|d| base.join(d));
+        build_all(&file, &wasm_dir, native_dir.as_deref(), env, exists)
     });
     let digest = hasher.finalize();
     attempt.fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -165,11 +166,13 @@ fn inline_config_files(
 pub fn build_all(
     file: &ConfigFile,
     wasm_dir: &Path,
+    native_dir: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
     exists: &dyn Fn(&Path) -> bool,
 ) -> Result<Loaded, Refused> {
     let ctx = Context {
         wasm_dir,
+        native_dir,
         env,
         exists,
     };

@@ -15,6 +15,12 @@ pub struct ConfigFile {
     /// Where filter modules are looked up when `module` is not given (relative to the file).
     #[serde(default)]
     pub wasm_dir: Option<String>,
+    /// Optional: the folder holding the native modules (`lib<name>.so`) as Envoy's
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` sees it (relative to the file). Envoy does not need
+    /// it (it searches its own path); when given, a `runtime: native` filter whose `.so` is not
+    /// there on this host gets a warning, as a missing `.wasm` does.
+    #[serde(default)]
+    pub native_dir: Option<String>,
     // The sections every node gets unless a `nodes` entry replaces them (see [`Sections`];
     // written out because serde's `flatten` cannot be combined with `deny_unknown_fields`).
     #[serde(default)]
@@ -151,14 +157,53 @@ pub struct UpstreamSpec {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum FilterKind {
-    /// edgeguard's jwt-shape wasm filter; its `config` is validated with the filter's own parser.
+    /// edgeguard's jwt-shape filter (wasm or native, see [`Runtime`]); its `config` is
+    /// validated with the filter's own parser.
     JwtShape,
+    /// edgeguard's portal-auth filter (wasm or native, see [`Runtime`]); its `config` is
+    /// validated with the filter's own parser.
+    PortalAuth,
     /// The benchmark floor wasm filter (no configuration).
     Floor,
     /// Any other proxy-wasm module (`module` required; `config` passed as is, not validated).
     Wasm,
     /// Envoy's ext_authz filter calling the `authz` service (edgeguard authz).
     Authz,
+}
+
+impl FilterKind {
+    /// The name written in the file (`type:`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterKind::JwtShape => "jwt-shape",
+            FilterKind::PortalAuth => "portal-auth",
+            FilterKind::Floor => "floor",
+            FilterKind::Wasm => "wasm",
+            FilterKind::Authz => "authz",
+        }
+    }
+}
+
+/// How Envoy runs an edgeguard filter (`runtime:` on a `jwt-shape` or `portal-auth` entry).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The proxy-wasm build (`<filter>.wasm` in Envoy's V8): portable, sandboxed.
+    #[default]
+    Wasm,
+    /// The native Envoy dynamic module (`libedgeguard_<filter>.so`, found through Envoy's
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`): line rate, one state per Envoy process.
+    Native,
+}
+
+impl Runtime {
+    /// The name written in the file (`runtime:`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Wasm => "wasm",
+            Runtime::Native => "native",
+        }
+    }
 }
 
 /// An HTTP filter delivered over ECDS (so a configuration change does not drain listeners).
@@ -174,15 +219,21 @@ pub struct FilterSpec {
     /// A JSON file holding the configuration instead (relative to this file).
     #[serde(default)]
     pub config_file: Option<String>,
-    /// The `.wasm` file as Envoy sees it (default: `<wasm_dir>/<kind>.wasm`).
+    /// `wasm` (default) or `native`; only `jwt-shape` and `portal-auth` have a native build.
+    /// Absent and `wasm` give the same output.
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+    /// The `.wasm` file as Envoy sees it (default: `<wasm_dir>/<kind>.wasm`). Wasm only.
     #[serde(default)]
     pub module: Option<String>,
-    /// Host environment variables passed into the VM (`host_env_keys`).
+    /// Host environment variables passed into the VM (`host_env_keys`). Wasm only: a native
+    /// module reads Envoy's process environment itself.
     #[serde(default)]
     pub env: Vec<String>,
     /// Let requests through when the filter's VM has failed (`failure_policy: FAIL_OPEN`).
     /// Default: a failed VM is reloaded with backoff and requests fail closed meanwhile
-    /// (`FAIL_RELOAD`). Refused for authentication filters (jwt-shape, portal-auth).
+    /// (`FAIL_RELOAD`). Refused for authentication filters (jwt-shape, portal-auth), and for
+    /// `runtime: native` (no VM).
     #[serde(default)]
     pub fail_open: bool,
 }
@@ -324,11 +375,13 @@ mod tests {
         let f = parse(
             r#"
 wasm_dir: /w
+native_dir: /n
 authz: { address: "127.0.0.1:9000", timeout: 250ms }
 upstreams: [{ name: api, endpoints: ["127.0.0.1:8080"], http2: true }]
 filters:
   - { name: jwt, type: jwt-shape, config: { a: 1 } }
   - { name: z, type: authz }
+  - { name: pa, type: portal-auth, runtime: native, config: { store: { cluster: a } } }
 listeners: [{ name: main, address: "127.0.0.1:10000", filters: [jwt, z] }]
 routes:
   - { match: { prefix: / }, upstream: api, timeout: 5s }
@@ -340,6 +393,10 @@ nodes:
         .unwrap();
         assert_eq!(f.filters[0].kind, FilterKind::JwtShape);
         assert_eq!(f.filters[0].config, Some(serde_json::json!({"a": 1})));
+        assert_eq!(f.filters[0].runtime, None);
+        assert_eq!(f.filters[2].kind, FilterKind::PortalAuth);
+        assert_eq!(f.filters[2].runtime, Some(Runtime::Native));
+        assert_eq!(f.native_dir.as_deref(), Some("/n"));
         assert_eq!(f.routes.len(), 2);
         assert_eq!(f.nodes[0].node.as_deref(), Some("b"));
         let (merged, prefixes) = merged(&f, 0).unwrap();

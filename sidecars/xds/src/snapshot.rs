@@ -22,6 +22,8 @@ use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, DirectResponseAction, Route, RouteAction, RouteConfiguration,
     RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{ext_authz, ExtAuthz};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -38,7 +40,9 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, StringValue};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::validate::{Issue, PathMatch, Plan, PlanFilterKind, RouteAction as PlanAction};
+use crate::validate::{
+    Issue, PathMatch, Plan, PlanFilter, PlanFilterKind, RouteAction as PlanAction,
+};
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -51,6 +55,11 @@ pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.rout
 pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 pub const EXT_AUTHZ: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+pub const DYNAMIC_MODULE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+/// `dynamic_module_config.metrics_namespace` of the native filters: their counters are
+/// `edgeguard.<name>` on `/stats` (`envoy_edgeguard_<name>` in Prometheus form).
+pub const NATIVE_METRICS_NAMESPACE: &str = "edgeguard";
 /// Backoff between reloads of a wasm VM that failed (`reload_config.backoff`).
 pub const VM_RELOAD_BASE: Duration = Duration::from_secs(1);
 pub const VM_RELOAD_MAX: Duration = Duration::from_secs(10);
@@ -210,13 +219,18 @@ impl Snapshot {
         }
         for l in &plan.listeners {
             let type_urls = |name: &str| -> Vec<String> {
-                match plan
-                    .filters
-                    .iter()
-                    .find(|f| f.name == name)
-                    .map(|f| &f.kind)
-                {
-                    Some(PlanFilterKind::ExtAuthz { .. }) => vec![EXT_AUTHZ.to_string()],
+                match plan.filters.iter().find(|f| f.name == name) {
+                    Some(PlanFilter {
+                        kind: PlanFilterKind::ExtAuthz { .. },
+                        ..
+                    }) => vec![EXT_AUTHZ.to_string()],
+                    // both builds, whichever runs now: switching `runtime` is then an ECDS
+                    // update only (Envoy checks a new filter configuration against the
+                    // listener's type URLs, and a listener change would drain it)
+                    Some(PlanFilter {
+                        either_runtime: true,
+                        ..
+                    }) => vec![WASM.to_string(), DYNAMIC_MODULE.to_string()],
                     _ => vec![WASM.to_string()],
                 }
             };
@@ -540,7 +554,7 @@ fn build_routes(rc: &crate::validate::PlanRouteConfig) -> RouteConfiguration {
     }
 }
 
-fn build_filter(f: &crate::validate::PlanFilter) -> TypedExtensionConfig {
+fn build_filter(f: &PlanFilter) -> TypedExtensionConfig {
     let typed_config = match &f.kind {
         PlanFilterKind::Wasm {
             module,
@@ -596,6 +610,31 @@ fn build_filter(f: &crate::validate::PlanFilter) -> TypedExtensionConfig {
                 },
             )
         }
+        // a native module runs in Envoy's process: no VM, so no failure policy or reload
+        // (those are wasm settings); kept loaded once loaded (it owns background work)
+        PlanFilterKind::Native {
+            module,
+            filter_name,
+            configuration,
+        } => pack(
+            DYNAMIC_MODULE,
+            &DynamicModuleFilter {
+                dynamic_module_config: Some(DynamicModuleConfig {
+                    name: module.clone(),
+                    do_not_close: true,
+                    metrics_namespace: NATIVE_METRICS_NAMESPACE.to_string(),
+                    ..Default::default()
+                }),
+                filter_name: filter_name.clone(),
+                filter_config: Some(pack(
+                    STRING_VALUE,
+                    &StringValue {
+                        value: configuration.clone(),
+                    },
+                )),
+                ..Default::default()
+            },
+        ),
         PlanFilterKind::ExtAuthz {
             cluster,
             timeout,
@@ -639,6 +678,7 @@ mod tests {
         let exists = |_: &Path| true;
         let ctx = Context {
             wasm_dir: Path::new("/wasm"),
+            native_dir: None,
             env: &env,
             exists: &exists,
         };
@@ -721,6 +761,141 @@ routes:
         let p = plugin(&s, "optional");
         assert_eq!(p.failure_policy, FailurePolicy::FailOpen as i32);
         assert_eq!(p.reload_config, None);
+    }
+
+    const JWT: &str = r#"{"providers":{"demo":{"issuer":"i","hmac":{"secret":"0123456789abcdef0123456789abcdef"}}},"rules":[{"match":{"prefix":"/"},"provider":"demo"}]}"#;
+    const PORTAL: &str = r#"{"store":{"cluster":"electric"}}"#;
+
+    /// YAML with a jwt-shape and a portal-auth filter, both with `runtime`.
+    fn two_filters(jwt_runtime: &str, portal_runtime: &str) -> String {
+        YAML.replace(
+            "  - { name: floor, type: floor }",
+            &format!(
+                "  - {{ name: floor, type: floor }}\n  - {{ name: jwt, type: jwt-shape, {jwt_runtime} config: '{JWT}' }}\n  - {{ name: pa, type: portal-auth, {portal_runtime} config: '{PORTAL}' }}"
+            ),
+        )
+        .replace("filters: [floor]", "filters: [floor, jwt, pa]")
+    }
+
+    fn filter_config(s: &Snapshot, name: &str) -> Any {
+        let any = &s.resources(ResourceType::ExtensionConfig).unwrap().items[name];
+        let tec = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+        assert_eq!(tec.name, name);
+        tec.typed_config.unwrap()
+    }
+
+    fn listener_type_urls(s: &Snapshot) -> Vec<(String, Vec<String>)> {
+        let l = &s.resources(ResourceType::Listener).unwrap().items["demo"];
+        let l = Listener::decode(l.value.as_slice()).unwrap();
+        let Some(filter::ConfigType::TypedConfig(tc)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no hcm")
+        };
+        let hcm = HttpConnectionManager::decode(tc.value.as_slice()).unwrap();
+        hcm.http_filters
+            .iter()
+            .filter_map(|f| match &f.config_type {
+                Some(http_filter::ConfigType::ConfigDiscovery(c)) => {
+                    Some((f.name.clone(), c.type_urls.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runtime_native_builds_dynamic_module_filters() {
+        let s =
+            Snapshot::build(&plan(&two_filters("runtime: native,", "runtime: native,"))).unwrap();
+        for (name, module, filter_name, json) in [
+            ("jwt", "edgeguard_jwt_shape", "jwt_shape", JWT),
+            ("pa", "edgeguard_portal_auth", "portal_auth", PORTAL),
+        ] {
+            let any = filter_config(&s, name);
+            assert_eq!(any.type_url, DYNAMIC_MODULE);
+            let dm = DynamicModuleFilter::decode(any.value.as_slice()).unwrap();
+            assert_eq!(
+                dm,
+                DynamicModuleFilter {
+                    dynamic_module_config: Some(DynamicModuleConfig {
+                        name: module.into(),
+                        do_not_close: true,
+                        metrics_namespace: "edgeguard".into(),
+                        ..Default::default()
+                    }),
+                    filter_name: filter_name.into(),
+                    filter_config: Some(Any {
+                        type_url: "type.googleapis.com/google.protobuf.StringValue".into(),
+                        value: StringValue { value: json.into() }.encode_to_vec(),
+                    }),
+                    terminal_filter: false,
+                },
+                "{name}"
+            );
+        }
+        // the floor stays wasm; jwt-shape and portal-auth accept either build
+        let both = vec![WASM.to_string(), DYNAMIC_MODULE.to_string()];
+        assert_eq!(
+            listener_type_urls(&s),
+            vec![
+                ("floor".to_string(), vec![WASM.to_string()]),
+                ("jwt".to_string(), both.clone()),
+                ("pa".to_string(), both),
+            ]
+        );
+    }
+
+    #[test]
+    fn wasm_is_the_default_runtime_and_unchanged() {
+        let absent =
+            Snapshot::build(&plan(&two_filters("", "env: [EDGEGUARD_STORE_TOKEN],"))).unwrap();
+        let explicit = Snapshot::build(&plan(&two_filters(
+            "runtime: wasm,",
+            "runtime: wasm, env: [EDGEGUARD_STORE_TOKEN],",
+        )))
+        .unwrap();
+        assert_eq!(absent, explicit);
+        for (name, file, json) in [
+            ("jwt", "/wasm/jwt_shape.wasm", JWT),
+            ("pa", "/wasm/portal_auth.wasm", PORTAL),
+        ] {
+            assert_eq!(filter_config(&absent, name).type_url, WASM);
+            let p = plugin(&absent, name);
+            assert_eq!(p.failure_policy, FailurePolicy::FailReload as i32);
+            assert!(p.reload_config.is_some());
+            let Some(plugin_config::Vm::VmConfig(vm)) = p.vm else {
+                panic!("no vm config")
+            };
+            assert_eq!(
+                vm.code.unwrap().specifier,
+                Some(async_data_source::Specifier::Local(DataSource {
+                    specifier: Some(data_source::Specifier::Filename(file.into())),
+                    ..Default::default()
+                }))
+            );
+            let conf = StringValue::decode(p.configuration.unwrap().value.as_slice()).unwrap();
+            assert_eq!(conf.value, json);
+        }
+    }
+
+    #[test]
+    fn switching_the_runtime_is_an_ecds_update_only() {
+        let wasm =
+            Snapshot::build(&plan(&two_filters("", "env: [EDGEGUARD_STORE_TOKEN],"))).unwrap();
+        let native = Snapshot::build(&plan(&two_filters(
+            "runtime: native,",
+            "env: [EDGEGUARD_STORE_TOKEN],",
+        )))
+        .unwrap();
+        for t in ResourceType::ORDER {
+            assert_eq!(
+                wasm.version(t) == native.version(t),
+                t != ResourceType::ExtensionConfig,
+                "{t:?}"
+            );
+        }
+        assert_eq!(filter_config(&native, "jwt").type_url, DYNAMIC_MODULE);
+        assert_eq!(filter_config(&native, "pa").type_url, WASM);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::model::{FilterKind, FilterSpec, Sections};
+use crate::model::{FilterKind, FilterSpec, Runtime, Sections};
 
 /// One problem in the file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,6 +117,18 @@ pub enum PlanFilterKind {
         env: Vec<String>,
         fail_open: bool,
     },
+    /// A native Envoy dynamic module (`runtime: native`): no VM, so no failure policy, no
+    /// environment list.
+    Native {
+        /// `dynamic_module_config.name`: Envoy loads `lib<module>.so` from its
+        /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+        module: String,
+        /// `filter_name` (which filter of the module).
+        filter_name: String,
+        /// The JSON text the module's configuration hook receives (as the wasm build's
+        /// `on_configure` would).
+        configuration: String,
+    },
     ExtAuthz {
         cluster: String,
         timeout: Duration,
@@ -128,6 +140,10 @@ pub enum PlanFilterKind {
 pub struct PlanFilter {
     pub name: String,
     pub kind: PlanFilterKind,
+    /// jwt-shape and portal-auth: the listener accepts both their wasm and native
+    /// configuration types over ECDS, so a `runtime` switch is an ECDS update only (the
+    /// listener is not modified, nothing drains).
+    pub either_runtime: bool,
 }
 
 /// A validated snapshot description.
@@ -151,6 +167,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Context<'a> {
     /// Absolute directory relative `module` paths are resolved against.
     pub wasm_dir: &'a Path,
+    /// Where the native modules are on this host, when the file says (`native_dir`; only used
+    /// for warnings).
+    pub native_dir: Option<&'a Path>,
     /// Reads environment variables (filter configurations may name `*_env` variables).
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Does this file exist on this host? (only used for warnings)
@@ -258,51 +277,147 @@ fn check_filter(
             fail_open: f.fail_open,
         }
     };
-    if f.fail_open {
-        if let Some(which) = auth_filter(f) {
+    let runtime = f.runtime.unwrap_or_default();
+    match (f.kind, f.runtime) {
+        (FilterKind::Authz, Some(r)) => issues.push(Issue::new(
+            format!("{path}.runtime"),
+            format!(
+                "an authz filter is Envoy's built-in ext_authz: it has no runtime ('{}'); remove it",
+                r.name()
+            ),
+        )),
+        (FilterKind::Floor | FilterKind::Wasm, Some(Runtime::Native)) => issues.push(Issue::new(
+            format!("{path}.runtime"),
+            format!(
+                "only jwt-shape and portal-auth have a native build; a '{}' filter runs in a wasm VM (remove it or write 'runtime: wasm')",
+                f.kind.name()
+            ),
+        )),
+        _ => {}
+    }
+    let native = runtime == Runtime::Native && native_capable(f.kind);
+    if native {
+        if f.fail_open {
             issues.push(Issue::new(
                 format!("{path}.fail_open"),
+                "meaningless for runtime: native: a dynamic module has no VM that could fail, \
+                 be skipped or be reloaded (fail_open is the wasm failure_policy); remove it",
+            ));
+        }
+        if !f.env.is_empty() {
+            issues.push(Issue::new(
+                format!("{path}.env"),
+                "not for runtime: native: a native module reads Envoy's process environment \
+                 itself (every variable, not only those listed), so 'env' (the wasm VM's \
+                 host_env_keys) would restrict nothing; remove it and set the variables in \
+                 Envoy's environment",
+            ));
+        }
+        if let Some(m) = &f.module {
+            issues.push(Issue::new(
+                format!("{path}.module"),
                 format!(
-                    "refused for an authentication filter ({which}): if its VM crashed, \
-                     fail_open would let every request through unauthenticated. Remove it: \
-                     a crashed VM is reloaded (failure_policy FAIL_RELOAD) and requests fail \
-                     closed meanwhile"
+                    "'{m}' is a wasm module: runtime: native loads lib{}.so from Envoy's \
+                     ENVOY_DYNAMIC_MODULES_SEARCH_PATH; remove it",
+                    native_module_name(f.kind)
                 ),
             ));
         }
-    }
-    for (i, e) in f.env.iter().enumerate() {
-        if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            issues.push(Issue::new(
-                format!("{path}.env[{i}]"),
-                format!("'{e}' is not an environment variable name"),
-            ));
-        }
-    }
-    match f.kind {
-        FilterKind::JwtShape => {
-            let Some(json) = configuration else {
+    } else {
+        if f.fail_open {
+            if let Some(which) = auth_filter(f) {
                 issues.push(Issue::new(
-                    path,
-                    "a jwt-shape filter needs 'config' or 'config_file'",
+                    format!("{path}.fail_open"),
+                    format!(
+                        "refused for an authentication filter ({which}): if its VM crashed, \
+                         fail_open would let every request through unauthenticated. Remove it: \
+                         a crashed VM is reloaded (failure_policy FAIL_RELOAD) and requests fail \
+                         closed meanwhile"
+                    ),
                 ));
-                return None;
-            };
-            // Variables the VM gets from Envoy's host may be absent where the control plane
-            // runs: stand in a placeholder that every secret encoding accepts.
-            let env = VmEnv {
-                keys: &f.env,
-                env: ctx.env,
-            };
-            if let Err(e) = jwt_shape::config::Config::parse(json.as_bytes(), &env) {
-                issues.push(Issue::new(
-                    format!("{path}.config"),
-                    format!("jwt-shape refuses it: {e}"),
-                ));
-                return None;
             }
-            Some(wasm(module("jwt_shape.wasm"), json, warnings))
         }
+        for (i, e) in f.env.iter().enumerate() {
+            if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                issues.push(Issue::new(
+                    format!("{path}.env[{i}]"),
+                    format!("'{e}' is not an environment variable name"),
+                ));
+            }
+        }
+    }
+    // Variables the filter reads where Envoy runs may be absent where the control plane runs:
+    // stand in a placeholder that every secret encoding accepts. A wasm VM sees only the
+    // variables listed in `env`; a native module sees Envoy's whole environment.
+    let env = FilterEnv {
+        keys: (!native).then_some(f.env.as_slice()),
+        env: ctx.env,
+    };
+    let edgeguard = |configuration: Option<String>,
+                     parse: &dyn Fn(&str) -> Result<(), String>,
+                     issues: &mut Vec<Issue>,
+                     warnings: &mut Vec<String>|
+     -> Option<PlanFilterKind> {
+        let kind = f.kind.name();
+        let Some(json) = configuration else {
+            issues.push(Issue::new(
+                path,
+                format!("a {kind} filter needs 'config' or 'config_file'"),
+            ));
+            return None;
+        };
+        if let Err(e) = parse(&json) {
+            issues.push(Issue::new(
+                format!("{path}.config"),
+                format!("{kind} refuses it: {e}"),
+            ));
+            return None;
+        }
+        if native {
+            let module = native_module_name(f.kind);
+            if let Some(dir) = ctx.native_dir {
+                let so = dir.join(format!("lib{module}.so"));
+                if !(ctx.exists)(&so) {
+                    warnings.push(format!(
+                        "{path}: native module {} does not exist on this host (Envoy will refuse the filter if its ENVOY_DYNAMIC_MODULES_SEARCH_PATH lacks it too)",
+                        so.display()
+                    ));
+                }
+            }
+            Some(PlanFilterKind::Native {
+                module: module.to_string(),
+                filter_name: native_filter_name(f.kind).to_string(),
+                configuration: json,
+            })
+        } else {
+            Some(wasm(
+                module(&format!("{}.wasm", native_filter_name(f.kind))),
+                json,
+                warnings,
+            ))
+        }
+    };
+    match f.kind {
+        FilterKind::JwtShape => edgeguard(
+            configuration,
+            &|json| {
+                jwt_shape::config::Config::parse(json.as_bytes(), &env)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+            issues,
+            warnings,
+        ),
+        FilterKind::PortalAuth => edgeguard(
+            configuration,
+            &|json| {
+                portal_auth::config::Config::parse(json.as_bytes(), &env)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+            issues,
+            warnings,
+        ),
         FilterKind::Floor => {
             if configuration.is_some() {
                 issues.push(Issue::new(
@@ -349,13 +464,36 @@ fn check_filter(
     }
 }
 
+/// Kinds with both builds (`runtime: wasm | native`).
+pub fn native_capable(kind: FilterKind) -> bool {
+    matches!(kind, FilterKind::JwtShape | FilterKind::PortalAuth)
+}
+
+/// The dynamic module (`lib<name>.so`) of a kind with a native build.
+fn native_module_name(kind: FilterKind) -> &'static str {
+    match kind {
+        FilterKind::PortalAuth => "edgeguard_portal_auth",
+        _ => "edgeguard_jwt_shape",
+    }
+}
+
+/// The filter name inside the module (`filter_name`), also the stem of the `.wasm` file.
+fn native_filter_name(kind: FilterKind) -> &'static str {
+    match kind {
+        FilterKind::PortalAuth => "portal_auth",
+        _ => "jwt_shape",
+    }
+}
+
 /// Whether a filter authenticates requests (so a crash must never let requests through):
-/// `type: jwt-shape`, or a `type: wasm` module that is jwt-shape or portal-auth by its file
-/// name (`jwt_shape*.wasm`, `portal_auth*.wasm`, `-` or `_`) or by the shape of its
-/// configuration (jwt-shape's `providers` + `rules`, portal-auth's `store`). Returns its name.
+/// `type: jwt-shape` or `type: portal-auth`, or a `type: wasm` module that is jwt-shape or
+/// portal-auth by its file name (`jwt_shape*.wasm`, `portal_auth*.wasm`, `-` or `_`) or by the
+/// shape of its configuration (jwt-shape's `providers` + `rules`, portal-auth's `store`).
+/// Returns its name.
 pub fn auth_filter(f: &FilterSpec) -> Option<&'static str> {
     match f.kind {
         FilterKind::JwtShape => return Some("jwt-shape"),
+        FilterKind::PortalAuth => return Some("portal-auth"),
         FilterKind::Floor | FilterKind::Authz => return None,
         FilterKind::Wasm => {}
     }
@@ -386,17 +524,21 @@ pub fn auth_filter(f: &FilterSpec) -> Option<&'static str> {
     }
 }
 
-/// The environment a filter's VM sees: the host's variables listed in `env` (a placeholder
-/// when the control plane's own environment lacks them), nothing else.
-struct VmEnv<'a> {
-    keys: &'a [String],
+/// The environment an edgeguard filter sees inside Envoy, as far as the control plane can
+/// tell: a wasm VM (`keys: Some`) sees the host's variables listed in `env`, nothing else; a
+/// native module (`keys: None`) sees Envoy's whole process environment. A variable it may see
+/// but the control plane's own environment lacks gets a placeholder.
+struct FilterEnv<'a> {
+    keys: Option<&'a [String]>,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
-impl jwt_shape::config::Env for VmEnv<'_> {
+impl jwt_shape::config::Env for FilterEnv<'_> {
     fn var(&self, name: &str) -> Option<String> {
-        if !self.keys.iter().any(|k| k == name) {
-            return None;
+        if let Some(keys) = self.keys {
+            if !keys.iter().any(|k| k == name) {
+                return None;
+            }
         }
         Some((self.env)(name).unwrap_or_else(|| "x".repeat(64)))
     }
@@ -493,6 +635,7 @@ pub fn check(
             plan.filters.push(PlanFilter {
                 name: f.name.clone(),
                 kind,
+                either_runtime: native_capable(f.kind),
             });
         }
     }
@@ -675,10 +818,15 @@ mod tests {
 
     fn run(yaml: &str) -> Result<Plan, Vec<String>> {
         let f = parse(yaml).unwrap();
-        let env = |n: &str| (n == "SET").then(|| "0123456789abcdef0123456789abcdef".to_string());
+        let env = |n: &str| match n {
+            "SET" => Some("0123456789abcdef0123456789abcdef".to_string()),
+            "SHORT" => Some("short".to_string()),
+            _ => None,
+        };
         let exists = |_: &Path| true;
         let ctx = Context {
             wasm_dir: Path::new("/wasm"),
+            native_dir: None,
             env: &env,
             exists: &exists,
         };
@@ -884,6 +1032,222 @@ routes:
                 }
             ));
         }
+    }
+
+    const PORTAL: &str = r#"{"store":{"cluster":"electric","refresh_interval_ms":500}}"#;
+
+    fn with_filter(filter: &str) -> String {
+        good().replace(
+            "  - { name: jwt-shape, type: jwt-shape, config: ",
+            &format!("  - {filter}\n  - {{ name: jwt-shape, type: jwt-shape, config: "),
+        )
+    }
+
+    #[test]
+    fn runtime_native_plans_the_dynamic_modules() {
+        let yaml = with_filter(&format!(
+            "{{ name: pa, type: portal-auth, runtime: native, config: {PORTAL} }}"
+        ))
+        .replace(
+            "type: jwt-shape, config:",
+            "type: jwt-shape, runtime: native, config:",
+        );
+        let plan = run(&yaml).unwrap();
+        assert_eq!(
+            plan.filters[0].kind,
+            PlanFilterKind::Native {
+                module: "edgeguard_portal_auth".into(),
+                filter_name: "portal_auth".into(),
+                configuration: PORTAL.into(),
+            }
+        );
+        match &plan.filters[1].kind {
+            PlanFilterKind::Native {
+                module,
+                filter_name,
+                configuration,
+            } => {
+                assert_eq!(module, "edgeguard_jwt_shape");
+                assert_eq!(filter_name, "jwt_shape");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(configuration).unwrap(),
+                    serde_json::from_str::<serde_json::Value>(JWT).unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(plan.filters.iter().all(|f| f.either_runtime));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+        // `runtime: wasm` is the default, written or not
+        let explicit = run(&good().replace("type: jwt-shape,", "type: jwt-shape, runtime: wasm,"));
+        assert_eq!(explicit, run(&good()));
+        assert!(run(&good()).unwrap().filters[0].either_runtime);
+        // only jwt-shape and portal-auth can switch
+        let plan = run(&with_filter("{ name: f, type: floor, runtime: wasm }")).unwrap();
+        assert!(!plan.filters[0].either_runtime);
+    }
+
+    #[test]
+    fn portal_auth_is_a_first_class_type_checked_by_its_own_parser() {
+        // wasm: the VM sees only the variables listed in `env` (the store token included)
+        let wasm = |extra: &str| {
+            with_filter(&format!(
+                "{{ name: pa, type: portal-auth{extra}, config: {PORTAL} }}"
+            ))
+        };
+        let errs = run(&wasm("")).unwrap_err();
+        assert!(
+            errs[0].starts_with(
+                "filters[0].config: portal-auth refuses it: store.token_env: environment variable EDGEGUARD_STORE_TOKEN is not set in the wasm VM"
+            ),
+            "{errs:?}"
+        );
+        let plan = run(&wasm(", env: [EDGEGUARD_STORE_TOKEN]")).unwrap();
+        match &plan.filters[0].kind {
+            PlanFilterKind::Wasm {
+                module,
+                env,
+                fail_open,
+                ..
+            } => {
+                assert_eq!(module, Path::new("/wasm/portal_auth.wasm"));
+                assert_eq!(env, &vec!["EDGEGUARD_STORE_TOKEN".to_string()]);
+                assert!(!fail_open);
+            }
+            other => panic!("{other:?}"),
+        }
+        // native: the module reads Envoy's environment, no list needed
+        run(&wasm(", runtime: native")).unwrap();
+        for (yaml, want) in [
+            (
+                wasm(", runtime: native").replace("500", "5"),
+                "filters[0].config: portal-auth refuses it: store.refresh_interval_ms: must be between 100 and 3600000",
+            ),
+            (
+                wasm(", runtime: native").replace("\"cluster\"", "\"clustre\""),
+                "filters[0].config: portal-auth refuses it: invalid configuration: unknown field `clustre`",
+            ),
+            (
+                with_filter("{ name: pa, type: portal-auth, runtime: native }"),
+                "filters[0]: a portal-auth filter needs 'config' or 'config_file'",
+            ),
+            (
+                wasm(", env: [EDGEGUARD_STORE_TOKEN], fail_open: true"),
+                "filters[0].fail_open: refused for an authentication filter (portal-auth)",
+            ),
+        ] {
+            let errs = run(&yaml).expect_err(want);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:?}"
+            );
+        }
+        // the old spelling keeps working, unvalidated
+        let plan = run(&with_filter(
+            "{ name: pa, type: wasm, module: /w/portal_auth.wasm, config: { store: { cluster: x } } }",
+        ))
+        .unwrap();
+        assert!(matches!(plan.filters[0].kind, PlanFilterKind::Wasm { .. }));
+        assert!(!plan.filters[0].either_runtime);
+    }
+
+    #[test]
+    fn runtime_native_refuses_the_wasm_only_fields() {
+        let native = |extra: &str| {
+            good().replace(
+                "type: jwt-shape,",
+                &format!("type: jwt-shape, runtime: native, {extra}"),
+            )
+        };
+        let cases = [
+            (
+                native("fail_open: true,"),
+                "filters[0].fail_open: meaningless for runtime: native: a dynamic module has no VM",
+            ),
+            (
+                native("env: [HS_SECRET],"),
+                "filters[0].env: not for runtime: native: a native module reads Envoy's process environment itself",
+            ),
+            (
+                native("module: /w/jwt_shape.wasm,"),
+                "filters[0].module: '/w/jwt_shape.wasm' is a wasm module: runtime: native loads libedgeguard_jwt_shape.so from Envoy's ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            ),
+            (
+                with_filter("{ name: f, type: floor, runtime: native }"),
+                "filters[0].runtime: only jwt-shape and portal-auth have a native build; a 'floor' filter runs in a wasm VM",
+            ),
+            (
+                with_filter("{ name: w, type: wasm, module: /w/x.wasm, runtime: native }"),
+                "filters[0].runtime: only jwt-shape and portal-auth have a native build; a 'wasm' filter",
+            ),
+            (
+                good().replace(
+                    "filters:\n",
+                    "authz: { address: \"127.0.0.1:9000\" }\nfilters:\n  - { name: authz, type: authz, runtime: wasm }\n",
+                ),
+                "filters[0].runtime: an authz filter is Envoy's built-in ext_authz: it has no runtime ('wasm')",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let errs = run(&yaml).expect_err(want);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:?}"
+            );
+            // one message per problem: the wasm-side refusal is not repeated
+            assert!(
+                !errs.iter().any(|e| e.contains("if its VM crashed")),
+                "{errs:?}"
+            );
+        }
+        // a jwt-shape secret from the environment: natively any variable of Envoy's may hold it
+        let cfg = JWT.replace(
+            r#""secret":"0123456789abcdef0123456789abcdef""#,
+            r#""secret_env":"HS_SECRET""#,
+        );
+        run(&native("").replace(JWT, &cfg)).unwrap();
+        // ... and a value the control plane does see is still checked
+        let short = JWT.replace(
+            r#""secret":"0123456789abcdef0123456789abcdef""#,
+            r#""secret_env":"SHORT""#,
+        );
+        let errs = run(&native("").replace(JWT, &short)).unwrap_err();
+        assert!(
+            errs[0].starts_with("filters[0].config: jwt-shape refuses it: providers.demo.hmac"),
+            "{errs:?}"
+        );
+        // an unknown runtime is a parse error naming the choices
+        let e = parse(&native("").replace("runtime: native", "runtime: nativ")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown variant `nativ`, expected `wasm` or `native`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_native_module_missing_from_native_dir_is_a_warning() {
+        let yaml = good().replace("type: jwt-shape,", "type: jwt-shape, runtime: native,");
+        let f = parse(&yaml).unwrap();
+        let env = |_: &str| None;
+        let exists = |p: &Path| p == Path::new("/native/libedgeguard_portal_auth.so");
+        let check_in = |native_dir: Option<&Path>| {
+            let ctx = Context {
+                wasm_dir: Path::new("/wasm"),
+                native_dir,
+                env: &env,
+                exists: &exists,
+            };
+            check(&f.sections(), &|_| String::new(), &ctx).unwrap()
+        };
+        let plan = check_in(Some(Path::new("/native")));
+        assert_eq!(
+            plan.warnings,
+            vec!["filters[0]: native module /native/libedgeguard_jwt_shape.so does not exist on this host (Envoy will refuse the filter if its ENVOY_DYNAMIC_MODULES_SEARCH_PATH lacks it too)".to_string()]
+        );
+        // without native_dir nothing is checked (Envoy has its own search path)
+        assert!(check_in(None).warnings.is_empty());
     }
 
     #[test]
