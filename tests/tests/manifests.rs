@@ -655,7 +655,7 @@ fn shipped_portal_auth_configs_name_clusters_that_exist() {
             .filter(|p| p["applyTo"] == "CLUSTER")
             .map(|p| p["patch"]["value"].clone())
             .collect();
-    let patch_policy_clusters: Vec<Value> = yaml_docs("istio/envoy-gateway/portal-auth.yaml")
+    let patch_policy_clusters: Vec<Value> = yaml_docs("istio/envoy-gateway/base/store-cluster.yaml")
         .iter()
         .filter(|d| d["kind"] == "EnvoyPatchPolicy")
         .flat_map(|d| {
