@@ -161,7 +161,8 @@ validate-manifests: manifest-tools
 	  $(VENV)/bin/check-jsonschema --schemafile $(SHARED_SCHEMAS)/compose-spec.json compose/docker-compose.yaml; \
 	else echo "SKIP  compose against ../shared/schemas/compose-spec.json: $(SHARED_SCHEMAS) is not here (CI has it)"; fi
 	@echo ">> Dockerfiles: hadolint"
-	@$(VENV)/bin/hadolint compose/Dockerfile.edgeguard compose/Dockerfile.wasm && echo "ok    compose/Dockerfile.edgeguard compose/Dockerfile.wasm"
+	@$(VENV)/bin/hadolint compose/Dockerfile.edgeguard compose/Dockerfile.wasm compose/Dockerfile.native \
+	  && echo "ok    compose/Dockerfile.edgeguard compose/Dockerfile.wasm compose/Dockerfile.native"
 
 # ---------------------------------------------------------------- authz
 # PEAS's `get_portal_app_auth_status`: one Check through grpcurl, as PEAS documents it.
