@@ -10,8 +10,8 @@ Checks, and prints one line per object / file:
   unknown fields refused and the CRDs' `x-kubernetes-validations` CEL rules evaluated
   (cel-python); Istio's MeshConfig (not a CRD) against a schema written from istio/api
   mesh/v1alpha1/config.proto;
-* kustomizations: every resource exists, every manifest in a directory is listed, each
-  directory only needs the APIs of its target (so `kubectl apply -k` works on its own), no
+* kustomizations: every resource and patch exists, every manifest in a directory is listed,
+  each directory only needs the APIs of its target (so `kubectl apply -k` works on its own), no
   object twice;
 * cross-references: Service names and ports the policies, filters and clusters point at, the
   AuthorizationPolicy's provider, Envoy Gateway targetRefs;
@@ -382,6 +382,12 @@ def check_kustomizations(objects: dict[str, list[dict]]) -> None:
             elif target.is_dir() and not (target / "kustomization.yaml").exists():
                 R.fail(file, "Kustomization", f"/resources/{i}", f"{r} is a directory without kustomization.yaml")
             listed.add(target)
+        for i, patch in enumerate(kust.get("patches") or []):
+            if "path" in patch:
+                target = (d / patch["path"]).resolve()
+                if not target.is_file():
+                    R.fail(file, "Kustomization", f"/patches/{i}/path", f"{patch['path']} does not exist")
+                listed.add(target)
         for f in sorted(d.glob("*.yaml")):
             if f.name == "kustomization.yaml" or rel(f) in NOT_APPLIED:
                 continue
@@ -402,7 +408,7 @@ def check_kustomizations(objects: dict[str, list[dict]]) -> None:
                     if key in seen:
                         R.fail(rel(f), obj_name(doc), "/metadata/name", "defined twice in one kustomization")
                     seen.add(key)
-        R.ok(file, "kustomization: resources exist, all manifests listed, target APIs only")
+        R.ok(file, "kustomization: resources and patches exist, all manifests listed, target APIs only")
 
 
 # ----------------------------------------------------------------------------- cross-references
