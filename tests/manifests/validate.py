@@ -57,7 +57,9 @@ DIR_GROUPS = {
     "istio/envoy-gateway": {"gateway.networking.k8s.io", "gateway.envoyproxy.io"},
 }
 # YAML files that are not cluster objects and so are in no kustomization.
-NOT_APPLIED = {"istio/istio/ext-authz/mesh-config.yaml"}
+NOT_APPLIED = {"istio/istio/ext-authz/mesh-config.yaml", "istio/istio/native/proxy-modules-patch.yaml"}
+# Of those, strategic-merge patches for a user's Deployment (not objects).
+POD_PATCHES = {"istio/istio/native/proxy-modules-patch.yaml"}
 
 CRD_FILES = {
     "istio-crds.gen.yaml": "Istio CRDs (istio/api @ b8f8791d)",
@@ -695,6 +697,8 @@ def main() -> int:
     unchecked: list[str] = []
 
     for file, docs in objects.items():
+        if file in POD_PATCHES:
+            continue
         for doc in docs:
             group, _ = group_version(doc.get("apiVersion", ""))
             if doc.get("kind") == "IstioOperator":
