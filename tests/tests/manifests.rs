@@ -1,14 +1,21 @@
 //! The shipped manifests carry configurations that work. Every place in istio/ and compose/
 //! that configures an edgeguard filter is read back here, and what it ships is loaded into a
-//! real Envoy with the built `.wasm`; only the module's location (an OCI image or a container
-//! path there, a local file here) and network addresses are the test's:
+//! real Envoy with the built `.wasm` or native module (`lib*.so`); only the module's location
+//! (an OCI image or a container path there, a local file here) and network addresses are the
+//! test's:
 //!
 //! - WasmPlugin `pluginConfig` + `vmConfig.env` (istio/istio)
-//! - EnvoyFilter ECDS `typed_config`, verbatim (istio/istio/envoyfilter)
-//! - EnvoyExtensionPolicy `wasm[].config` + `env.hostKeys` (istio/envoy-gateway)
+//! - EnvoyFilter ECDS `typed_config`, verbatim (istio/istio/envoyfilter; the native modules'
+//!   DynamicModuleFilter in istio/istio/native, loaded by name from the module folder)
+//! - EnvoyExtensionPolicy `wasm[].config` + `env.hostKeys` (istio/envoy-gateway), and
+//!   `dynamicModule[].config` (istio/envoy-gateway/native) loaded the way Envoy Gateway 1.9
+//!   translates it: the module by the path of its EnvoyProxy allowlist entry, the configuration
+//!   as JSON text, no metrics namespace
 //! - the compose Envoy bootstrap's HTTP filters, verbatim (compose/envoy/envoy.yaml), and the
 //!   whole bootstrap, run as shipped
 //! - `filters[]` of the `edgeguard xds` files (istio/kubernetes/xds-config.yaml, compose/xds/xds.yaml)
+//!
+//! Each native copy carries the configuration of the wasm copy it replaces (same object name).
 //!
 //! jwt-shape: every copy is the documented production variant of `envoy/demo/jwt-shape.json`
 //! (the same providers and rules; the HMAC and Electric secrets named by `secret_env` /
@@ -18,12 +25,17 @@
 //! portal-auth's copies are started the same way, each with its store cluster pointing at a
 //! real `edgeguard authz` serving the demo apps (`shipped_portal_auth_configs_work_in_envoy`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edgeguard_tests::authz::Authz;
-use edgeguard_tests::envoy::{cluster, wasm_filter, Envoy, EnvoyConfig, STORE_TOKEN};
+use edgeguard_tests::envoy::{
+    cluster, metric_value, wasm_filter, Envoy, EnvoyConfig, DYNAMIC_MODULE_METRICS_NAMESPACE,
+    STORE_TOKEN,
+};
+use edgeguard_tests::flavour::Flavour;
 use edgeguard_tests::http::{self, Resp};
 use edgeguard_tests::keys::{now, TestKey};
 use edgeguard_tests::process::{free_port, Echo, Proc};
@@ -35,6 +47,12 @@ const DEMO_SECRET: &str = "edgeguard-demo-secret-not-for-production-0001";
 const DEMO_ELECTRIC_SECRET: &str = "demo-electric-secret";
 /// The environment variables the production variant reads its secrets from.
 const JWT_SHAPE_ENV: [&str; 2] = ["EDGEGUARD_JWT_SECRET", "EDGEGUARD_ELECTRIC_SECRET"];
+const DYNAMIC_MODULE_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// Envoy's metrics namespace for a dynamic module whose configuration names none (Envoy
+/// Gateway 1.9 names none).
+const DEFAULT_METRICS_NAMESPACE: &str = "dynamicmodulescustom";
 
 // ------------------------------------------------------------------------------ reading
 
@@ -82,12 +100,27 @@ fn shipped_yaml_files(dir: &str) -> Vec<String> {
 struct Shipped {
     /// file and object, for messages
     source: String,
-    /// the configuration the filter's `on_configure` receives, parsed
+    /// the object that carries it (`EnvoyFilter/edgeguard-jwt-shape`; empty outside istio/)
+    object: String,
+    /// the configuration the filter receives (`on_configure`, `config_new`), parsed
     config: Value,
-    /// host environment variables passed into the VM
+    /// wasm: the host environment variables passed into the VM (exactly what it can read);
+    /// native: the variables the manifest puts in Envoy's environment, which the module reads
+    /// directly (none for Istio: the README's Secret patch, as for the wasm build)
     env: Vec<String>,
-    /// the HTTP filter to load (module path rewritten to the built `.wasm`)
+    /// the HTTP filter to load (module path rewritten to the built `.wasm` / `.so`)
     http_filter: Value,
+    flavour: Flavour,
+    /// how the filter's metric names start on `/stats/prometheus`: `edgeguard_` (wasm),
+    /// `envoy_<metrics namespace>_` (native)
+    metrics: String,
+}
+
+impl Shipped {
+    /// The value of one of the filter's metrics, e.g. `jwt_shape_allowed`.
+    fn metric(&self, envoy: &Envoy, name: &str) -> f64 {
+        metric_value(&envoy.prometheus(), &format!("{}{name}", self.metrics))
+    }
 }
 
 /// Every shipped copy of a filter's configuration: `image` is the OCI image / crate name
@@ -95,11 +128,13 @@ struct Shipped {
 fn shipped(image: &str, module: &str) -> Vec<Shipped> {
     let wasm = tools::wasm(module);
     let oci = format!("/{image}:");
+    let native = format!("edgeguard_{module}");
     let mut out = Vec::new();
     let built = |name: &str, config: &Value, env: &[String]| -> Value {
         let env: Vec<&str> = env.iter().map(String::as_str).collect();
         wasm_filter(name, &wasm, &config.to_string(), &env)
     };
+    let allowlists = envoy_proxy_allowlists();
 
     for file in shipped_yaml_files("istio") {
         for doc in yaml_docs(&file) {
@@ -125,17 +160,40 @@ fn shipped(image: &str, module: &str) -> Vec<Shipped> {
                     );
                     out.push(Shipped {
                         source: format!("{obj} pluginConfig"),
+                        object: object(&doc),
                         http_filter: built(image, &config, &env),
                         config,
                         env,
+                        flavour: Flavour::Wasm,
+                        metrics: "edgeguard_".into(),
                     });
                 }
                 "EnvoyFilter" => {
                     for patch in spec["configPatches"].as_array().into_iter().flatten() {
                         let value = &patch["patch"]["value"];
-                        let uri = value["typed_config"]["config"]["vm_config"]["code"]["remote"]
-                            ["http_uri"]["uri"]
-                            .as_str();
+                        let tc = &value["typed_config"];
+                        if patch["applyTo"] == "EXTENSION_CONFIG"
+                            && tc["@type"] == DYNAMIC_MODULE_FILTER
+                            && tc["dynamic_module_config"]["name"] == native.as_str()
+                        {
+                            let name = value["name"].as_str().unwrap_or_default();
+                            let source = format!("{obj} EXTENSION_CONFIG {name}");
+                            assert!(
+                                spec["configPatches"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|p| p["applyTo"] == "HTTP_FILTER"
+                                        && p["patch"]["value"]["name"] == name
+                                        && p["patch"]["value"]["config_discovery"]["type_urls"][0]
+                                            == DYNAMIC_MODULE_FILTER),
+                                "{obj}: no HTTP_FILTER patch inserts {name}"
+                            );
+                            out.push(verbatim_native(&source, &doc, name, tc, module));
+                            continue;
+                        }
+                        let uri =
+                            tc["config"]["vm_config"]["code"]["remote"]["http_uri"]["uri"].as_str();
                         if patch["applyTo"] != "EXTENSION_CONFIG"
                             || !uri.is_some_and(|u| u.contains(&oci))
                         {
@@ -152,6 +210,7 @@ fn shipped(image: &str, module: &str) -> Vec<Shipped> {
                         );
                         out.push(verbatim(
                             &format!("{obj} EXTENSION_CONFIG {name}"),
+                            &object(&doc),
                             name,
                             &value["typed_config"],
                             &wasm,
@@ -179,10 +238,29 @@ fn shipped(image: &str, module: &str) -> Vec<Shipped> {
                                 "{obj} wasm[{}].config",
                                 w["name"].as_str().unwrap_or_default()
                             ),
+                            object: object(&doc),
                             http_filter: built(image, &config, &env),
                             config,
                             env,
+                            flavour: Flavour::Wasm,
+                            metrics: "edgeguard_".into(),
                         });
+                    }
+                    for m in spec["dynamicModule"].as_array().into_iter().flatten() {
+                        let name = m["name"].as_str().unwrap_or_default();
+                        let Some((entry, proxy_env)) = allowlists.get(name) else {
+                            panic!("{obj}: dynamicModule {name} is in no EnvoyProxy allowlist under istio/");
+                        };
+                        let path = entry["source"]["local"]["path"]
+                            .as_str()
+                            .unwrap_or_default();
+                        if Path::new(path).file_name() != Some(format!("lib{native}.so").as_ref()) {
+                            continue;
+                        }
+                        let source = format!("{obj} dynamicModule[{name}].config");
+                        out.push(envoy_gateway_native(
+                            &source, &doc, m, entry, proxy_env, &native,
+                        ));
                     }
                 }
                 "ConfigMap" => {
@@ -208,6 +286,7 @@ fn shipped(image: &str, module: &str) -> Vec<Shipped> {
             let name = f["name"].as_str().unwrap_or_default();
             out.push(verbatim(
                 &format!("compose/envoy/envoy.yaml http_filters {name}"),
+                "",
                 name,
                 &f["typed_config"],
                 &wasm,
@@ -244,16 +323,19 @@ fn from_xds(
                     "{source} filters[{}]",
                     f["name"].as_str().unwrap_or_default()
                 ),
+                object: String::new(),
                 http_filter: built(image, &f["config"], &env),
                 config: f["config"].clone(),
                 env,
+                flavour: Flavour::Wasm,
+                metrics: "edgeguard_".into(),
             }
         })
         .collect()
 }
 
 /// A shipped Wasm `typed_config`, loaded as is except for where the module comes from.
-fn verbatim(source: &str, name: &str, typed_config: &Value, wasm: &Path) -> Shipped {
+fn verbatim(source: &str, object: &str, name: &str, typed_config: &Value, wasm: &Path) -> Shipped {
     let mut tc = typed_config.clone();
     let c = &tc["config"];
     assert_eq!(
@@ -282,9 +364,160 @@ fn verbatim(source: &str, name: &str, typed_config: &Value, wasm: &Path) -> Ship
     tc["config"]["vm_config"]["code"] = json!({"local": {"filename": wasm.to_string_lossy()}});
     Shipped {
         source: source.to_string(),
+        object: object.to_string(),
         config,
         env,
         http_filter: json!({"name": name, "typed_config": tc}),
+        flavour: Flavour::Wasm,
+        metrics: "edgeguard_".into(),
+    }
+}
+
+/// `Kind/name` of a manifest object.
+fn object(doc: &Value) -> String {
+    format!(
+        "{}/{}",
+        doc["kind"].as_str().unwrap_or_default(),
+        doc["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The JSON text of a `google.protobuf.StringValue` configuration, parsed.
+fn string_value_json(source: &str, any: &Value) -> Value {
+    assert_eq!(
+        any["@type"], STRING_VALUE,
+        "{source}: the configuration is a StringValue of JSON text"
+    );
+    let text = any["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{source}: no configuration"));
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{source}: configuration is not JSON: {e}"))
+}
+
+/// A shipped DynamicModuleFilter `typed_config` (Istio EnvoyFilter), loaded as is: Envoy finds
+/// `lib<name>.so` in ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which the harness points at the built
+/// modules (the pod patch, at the mounted ones).
+fn verbatim_native(
+    source: &str,
+    doc: &Value,
+    name: &str,
+    typed_config: &Value,
+    module: &str,
+) -> Shipped {
+    let dmc = &typed_config["dynamic_module_config"];
+    assert_eq!(
+        dmc["do_not_close"], true,
+        "{source}: the module runs threads: it must never be unloaded"
+    );
+    assert_eq!(typed_config["filter_name"], module, "{source}: filter_name");
+    // fail with the harness's message when the module was not built
+    tools::native_module(dmc["name"].as_str().unwrap_or_default());
+    // the README's names (`envoy_edgeguard_*`), as everywhere Envoy's configuration is ours
+    assert_eq!(
+        dmc["metrics_namespace"], DYNAMIC_MODULE_METRICS_NAMESPACE,
+        "{source}: metrics_namespace"
+    );
+    let namespace = DYNAMIC_MODULE_METRICS_NAMESPACE;
+    Shipped {
+        source: source.to_string(),
+        object: object(doc),
+        config: string_value_json(source, &typed_config["filter_config"]),
+        env: Vec::new(),
+        http_filter: json!({"name": name, "typed_config": typed_config}),
+        flavour: Flavour::Native,
+        metrics: format!("envoy_{namespace}_"),
+    }
+}
+
+/// Every EnvoyProxy `dynamicModules` entry under istio/ by name, with the environment variables
+/// its EnvoyProxy gives the Envoy container. One EnvoyProxy may be spread over files
+/// (native/envoyproxy.yaml is a patch over base/gateway.yaml's): what every file with its name
+/// says counts (validate.py checks the object kustomize renders).
+fn envoy_proxy_allowlists() -> HashMap<String, (Value, Vec<String>)> {
+    let mut modules: Vec<(String, Value)> = Vec::new();
+    let mut env: HashMap<String, Vec<String>> = HashMap::new();
+    for file in shipped_yaml_files("istio") {
+        for doc in yaml_docs(&file) {
+            if doc["kind"] != "EnvoyProxy" {
+                continue;
+            }
+            let proxy = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let container = &doc["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"];
+            env.entry(proxy.clone()).or_default().extend(
+                container["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["name"].as_str().map(String::from)),
+            );
+            for m in doc["spec"]["dynamicModules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                modules.push((proxy.clone(), m.clone()));
+            }
+        }
+    }
+    modules
+        .into_iter()
+        .map(|(proxy, m)| {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            (name, (m, env.get(&proxy).cloned().unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// An EnvoyExtensionPolicy `dynamicModule` entry as Envoy Gateway 1.9 turns it into an HTTP
+/// filter (internal/xds/translator/dynamicmodule.go): `dynamic_module_config.module` is the
+/// allowlist entry's local path (here: the built module of the same file name),
+/// `do_not_close` / `load_globally` from the entry, no `metrics_namespace`, `filter_name` from
+/// the policy, and `config` as JSON text in a `google.protobuf.StringValue`.
+fn envoy_gateway_native(
+    source: &str,
+    doc: &Value,
+    module: &Value,
+    entry: &Value,
+    proxy_env: &[String],
+    native: &str,
+) -> Shipped {
+    assert_eq!(
+        entry["doNotClose"], true,
+        "{source}: the allowlist entry must keep the module loaded (it runs threads)"
+    );
+    assert_eq!(entry["source"]["type"], "Local", "{source}");
+    let filter_name = module["filterName"].as_str().unwrap_or_default();
+    assert_eq!(
+        filter_name,
+        native.trim_start_matches("edgeguard_"),
+        "{source}: filterName"
+    );
+    let config = module["config"].clone();
+    let filter = json!({
+        "name": format!("envoy.filters.http.dynamic_modules/{}", module["name"].as_str().unwrap_or_default()),
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER,
+            "dynamic_module_config": {
+                "do_not_close": entry["doNotClose"],
+                "load_globally": entry["loadGlobally"].as_bool().unwrap_or(false),
+                "module": {"local": {"filename": tools::native_module(native).to_string_lossy()}}
+            },
+            "filter_name": filter_name,
+            "filter_config": {"@type": STRING_VALUE, "value": config.to_string()}
+        }
+    });
+    Shipped {
+        source: source.to_string(),
+        object: object(doc),
+        config,
+        env: proxy_env.to_vec(),
+        http_filter: filter,
+        flavour: Flavour::Native,
+        metrics: format!("envoy_{DEFAULT_METRICS_NAMESPACE}_"),
     }
 }
 
@@ -465,7 +698,9 @@ fn every_shipped_jwt_shape_config_is_the_documented_production_variant() {
     for want in [
         "istio/istio/wasmplugin-jwt-shape.yaml",
         "istio/istio/envoyfilter/envoyfilter-jwt-shape.yaml",
+        "istio/istio/native/envoyfilter-jwt-shape.yaml",
         "istio/envoy-gateway/jwt-shape.yaml",
+        "istio/envoy-gateway/native/jwt-shape.yaml",
         "istio/kubernetes/xds-config.yaml",
         "compose/envoy/envoy.yaml",
         "compose/xds/xds.yaml",
@@ -482,11 +717,62 @@ fn every_shipped_jwt_shape_config_is_the_documented_production_variant() {
             "{}: differs from envoy/demo/jwt-shape.json with its secrets from the environment",
             s.source
         );
-        assert_eq!(
-            s.env, JWT_SHAPE_ENV,
-            "{}: the VM must see both secret variables",
-            s.source
-        );
+        match s.flavour {
+            Flavour::Wasm => assert_eq!(
+                s.env, JWT_SHAPE_ENV,
+                "{}: the VM must see both secret variables",
+                s.source
+            ),
+            // the module reads Envoy's environment: the manifest that sets it must set both
+            Flavour::Native => assert!(
+                s.env.is_empty() || JWT_SHAPE_ENV.iter().all(|v| s.env.iter().any(|e| e == v)),
+                "{}: Envoy's environment lacks a secret variable: {:?}",
+                s.source,
+                s.env
+            ),
+        }
+    }
+}
+
+/// Each native copy replaces a wasm copy in place (the same object in the same target,
+/// istio/envoy-gateway or istio/istio) and carries exactly its configuration.
+#[test]
+fn native_copies_carry_the_configuration_of_the_wasm_copies_they_replace() {
+    for (image, module) in [("jwt-shape", "jwt_shape"), ("portal-auth", "portal_auth")] {
+        let copies = shipped(image, module);
+        let natives: Vec<&Shipped> = copies
+            .iter()
+            .filter(|s| s.flavour == Flavour::Native)
+            .collect();
+        for target in ["istio/envoy-gateway/", "istio/istio/"] {
+            assert!(
+                natives.iter().any(|s| s.source.starts_with(target)),
+                "{image}: no native copy under {target}: {copies:#?}"
+            );
+        }
+        for n in &natives {
+            let target = ["istio/envoy-gateway/", "istio/istio/"]
+                .into_iter()
+                .find(|t| n.source.starts_with(t))
+                .unwrap_or_else(|| panic!("{}: a native copy outside istio/", n.source));
+            let twins: Vec<&Shipped> = copies
+                .iter()
+                .filter(|w| {
+                    w.flavour == Flavour::Wasm
+                        && w.source.starts_with(target)
+                        && w.object == n.object
+                })
+                .collect();
+            assert!(
+                !twins.is_empty(),
+                "{}: no wasm {} under {target} for it to replace",
+                n.source,
+                n.object
+            );
+            for w in twins {
+                assert_eq!(n.config, w.config, "{} differs from {}", n.source, w.source);
+            }
+        }
     }
 }
 
@@ -494,14 +780,15 @@ fn every_shipped_jwt_shape_config_is_the_documented_production_variant() {
 fn shipped_jwt_shape_configs_work_in_envoy() {
     let echo = Echo::start();
     let copies = shipped("jwt-shape", "jwt_shape");
-    assert!(copies.len() >= 6, "{copies:#?}");
+    assert!(copies.len() >= 8, "{copies:#?}");
     for s in &copies {
         let envoy = start_shipped(s, echo.port, Vec::new(), demo_env());
         check_jwt_shape(&s.source, &|path, headers| envoy.get(path, headers));
         assert!(
-            envoy.metric("edgeguard_jwt_shape_allowed") >= 2.0,
-            "{}",
-            s.source
+            s.metric(&envoy, "jwt_shape_allowed") >= 2.0,
+            "{}: no {}jwt_shape_allowed",
+            s.source,
+            s.metrics
         );
         let log = envoy.log();
         assert!(
@@ -516,12 +803,20 @@ fn shipped_jwt_shape_configs_work_in_envoy() {
 fn shipped_jwt_shape_config_refuses_to_load_without_its_secrets() {
     // the production variant names its secrets; an Envoy that lacks them must not serve
     let echo = Echo::start();
-    let s = shipped("jwt-shape", "jwt_shape").remove(0);
-    let mut cfg = EnvoyConfig::new(echo.port, vec![s.http_filter.clone()]);
-    cfg.env = vec![(
-        JWT_SHAPE_ENV[1].to_string(),
-        DEMO_ELECTRIC_SECRET.to_string(),
-    )];
+    let copies = shipped("jwt-shape", "jwt_shape");
+    for flavour in [Flavour::Wasm, Flavour::Native] {
+        let s = copies
+            .iter()
+            .find(|s| s.flavour == flavour)
+            .unwrap_or_else(|| panic!("no {} copy", flavour.name()));
+        refuses_without_secret(s, echo.port);
+    }
+}
+
+fn refuses_without_secret(s: &Shipped, upstream_port: u16) {
+    let cfg = EnvoyConfig::new(upstream_port, vec![s.http_filter.clone()])
+        .with_env(JWT_SHAPE_ENV[1], DEMO_ELECTRIC_SECRET);
+    assert!(!cfg.env.iter().any(|(k, _)| k == JWT_SHAPE_ENV[0]));
     match Envoy::try_start(&cfg) {
         Err(log) => assert!(
             log.contains("EDGEGUARD_JWT_SECRET"),
@@ -569,12 +864,24 @@ fn shipped_portal_auth_configs_work_in_envoy() {
     assert!(authz.wait_ready(Duration::from_secs(10)), "{}", authz.log());
     let echo = Echo::start();
     let copies = shipped("portal-auth", "portal_auth");
-    assert!(copies.len() >= 3, "{copies:#?}");
+    assert!(copies.len() >= 5, "{copies:#?}");
+    assert!(
+        copies
+            .iter()
+            .filter(|s| s.flavour == Flavour::Native)
+            .count()
+            >= 2,
+        "{copies:#?}"
+    );
     for s in &copies {
+        // wasm: the VM is given the variable; native: the Envoy container has it (Istio: the
+        // README's Secret patch, as for the wasm build)
         assert!(
-            s.env.iter().any(|e| e == "EDGEGUARD_STORE_TOKEN"),
-            "{}: the VM needs the store token (EDGEGUARD_STORE_TOKEN from the host)",
-            s.source
+            s.env.iter().any(|e| e == "EDGEGUARD_STORE_TOKEN")
+                || (s.flavour == Flavour::Native && s.env.is_empty()),
+            "{}: the filter needs the store token (EDGEGUARD_STORE_TOKEN from the host): {:?}",
+            s.source,
+            s.env
         );
         // the copy's own store cluster name (Istio's outbound|... included), pointed at authz
         let store_cluster = s.config["store"]["cluster"].as_str().unwrap().to_string();
@@ -637,6 +944,17 @@ fn shipped_portal_auth_configs_work_in_envoy() {
             "{}",
             s.source
         );
+        // the wasm build hands its request counters to Envoy on its next tick (<= 100 ms)
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while s.metric(&envoy, "portal_auth_allowed") < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {}portal_auth_allowed",
+                s.source,
+                s.metrics
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -645,40 +963,53 @@ fn shipped_portal_auth_configs_work_in_envoy() {
 #[test]
 fn shipped_portal_auth_configs_name_clusters_that_exist() {
     let copies = shipped("portal-auth", "portal_auth");
-    assert!(copies.len() >= 4, "{copies:#?}");
-    let envoy_filter_clusters: Vec<Value> =
-        yaml_docs("istio/istio/envoyfilter/envoyfilter-portal-auth.yaml")[0]["spec"]
-            ["configPatches"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    assert!(copies.len() >= 6, "{copies:#?}");
+    // the CLUSTER patches of the EnvoyFilter carrying the copy (wasm and native builds)
+    let envoy_filter_clusters = |file: &str| -> Vec<Value> {
+        yaml_docs(file)
+            .iter()
+            .filter(|d| d["kind"] == "EnvoyFilter")
+            .flat_map(|d| {
+                d["spec"]["configPatches"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter(|p| p["applyTo"] == "CLUSTER")
             .map(|p| p["patch"]["value"].clone())
+            .collect()
+    };
+    // Envoy Gateway (either build): the EnvoyPatchPolicy both kustomizations include
+    let patch_policy_clusters: Vec<Value> =
+        yaml_docs("istio/envoy-gateway/base/store-cluster.yaml")
+            .iter()
+            .filter(|d| d["kind"] == "EnvoyPatchPolicy")
+            .flat_map(|d| {
+                d["spec"]["jsonPatches"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|p| {
+                p["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+                    && p["operation"]["op"] == "add"
+            })
+            .map(|p| p["operation"]["value"].clone())
             .collect();
-    let patch_policy_clusters: Vec<Value> = yaml_docs("istio/envoy-gateway/portal-auth.yaml")
-        .iter()
-        .filter(|d| d["kind"] == "EnvoyPatchPolicy")
-        .flat_map(|d| {
-            d["spec"]["jsonPatches"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter(|p| {
-            p["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-                && p["operation"]["op"] == "add"
-        })
-        .map(|p| p["operation"]["value"].clone())
-        .collect();
     let compose_clusters = compose_bootstrap()["static_resources"]["clusters"]
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let mut envoy_filter_shipped = Vec::new();
     for s in &copies {
         let cluster = s.config["store"]["cluster"].as_str().unwrap_or_default();
         assert_eq!(s.config, portal_auth_config(cluster), "{}", s.source);
-        let beside: &[Value] = if s.source.starts_with("istio/istio/envoyfilter/") {
-            &envoy_filter_clusters
+        let file = s.source.split(' ').next().unwrap_or_default();
+        let own;
+        let beside: &[Value] = if s.object.starts_with("EnvoyFilter/") {
+            own = envoy_filter_clusters(file);
+            envoy_filter_shipped.extend(own.iter().cloned());
+            &own
         } else if s.source.starts_with("istio/envoy-gateway/") {
             &patch_policy_clusters
         } else if s.source.starts_with("compose/") {
@@ -698,7 +1029,7 @@ fn shipped_portal_auth_configs_name_clusters_that_exist() {
         );
     }
     // the clusters shipped for it are valid Envoy clusters
-    let mut clusters = envoy_filter_clusters;
+    let mut clusters = envoy_filter_shipped;
     clusters.extend(patch_policy_clusters);
     for (i, c) in clusters.iter_mut().enumerate() {
         c["name"] = json!(format!("shipped_{i}"));
