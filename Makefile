@@ -178,7 +178,7 @@ grpcurl-check: grpcurl
 bench: tools build
 	$(CARGO) build --locked --profile native $(addprefix -p ,$(NATIVE_BENCH_MODULES))
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	@tests/bench/run.sh
+	@tests/bench/run.sh $(SECTIONS)
 
 # ---------------------------------------------------------------- lint
 lint: wasm-target
