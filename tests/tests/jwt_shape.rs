@@ -730,6 +730,35 @@ fn remote_jwks_unreachable_then_garbage_then_up(flavour: Flavour) {
     });
 }
 
+/// A `remote_jwks.cluster` Envoy does not know: one critical line naming it, a metric, and a
+/// 401 (never a hang) for every token of the provider.
+fn an_unknown_jwks_cluster_fails_loudly(flavour: Flavour) {
+    let echo = Echo::start();
+    let filter = flavour.filter("jwt_shape", &remote_config("no_such_cluster", 600), &[]);
+    let envoy = Envoy::start(&EnvoyConfig::new(echo.port, vec![filter]));
+    let key = TestKey::rsa("k1", 2048, 7);
+    let t = key.sign("RS256", &idp_claims());
+    eventually(
+        "the unknown cluster noticed",
+        Duration::from_secs(10),
+        || envoy.metric("edgeguard_jwt_shape_jwks_cluster_unknown") >= 1.0,
+    );
+    let r = envoy.get("/", &[("authorization", &bearer(&t))]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let log = envoy.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("remote_jwks.cluster 'no_such_cluster' is not a cluster this Envoy knows")
+        })
+        .collect();
+    // once per state: the native module has one, the wasm build one per VM (main thread and
+    // the worker at --concurrency 1), and never again on later ticks
+    let states = if flavour == Flavour::Native { 1 } else { 2 };
+    assert!((1..=states).contains(&lines.len()), "{log}");
+    assert!(lines.iter().all(|l| l.contains("critical")), "{lines:?}");
+}
+
 fn invalid_configuration_is_refused_with_one_clear_line(flavour: Flavour) {
     let echo = Echo::start();
     let cases: Vec<(Value, &str)> = vec![
@@ -840,6 +869,7 @@ edgeguard_tests::flavoured!(
     remote_jwks_rotation,
     remote_jwks_unreachable_then_garbage_then_up,
     invalid_configuration_is_refused_with_one_clear_line,
+    an_unknown_jwks_cluster_fails_loudly,
     secrets_from_the_environment,
     tokens_in_other_places_and_forwarding,
 );

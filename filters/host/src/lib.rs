@@ -142,9 +142,27 @@ pub trait Background {
         cluster: &str,
         headers: &[(&str, &str)],
         timeout: std::time::Duration,
-    ) -> Result<u64, String>;
+    ) -> Result<u64, CallError>;
     /// Writes a log line.
     fn log(&self, level: Level, message: &str);
+}
+
+/// Why an HTTP call could not start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// Envoy has no cluster of that name: a configuration mistake, not a transient failure.
+    UnknownCluster,
+    /// Anything else (the host's own words).
+    Refused(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::UnknownCluster => f.write_str("Envoy has no cluster of that name"),
+            CallError::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 /// An HTTP call recorded by [`TestBackground`].
@@ -166,12 +184,14 @@ impl Call {
 }
 
 /// A background owner for unit tests: records the calls started (answer them by calling the
-/// filter's callback with their ids) and the log lines; `refuse_calls` makes starting fail.
+/// filter's callback with their ids) and the log lines; `refuse_calls` makes starting fail,
+/// `known_clusters` (when set) lists the clusters Envoy would know.
 #[derive(Debug, Default)]
 pub struct TestBackground {
     pub calls: RefCell<Vec<Call>>,
     pub logs: RefCell<Vec<(Level, String)>>,
     pub refuse_calls: std::cell::Cell<bool>,
+    pub known_clusters: RefCell<Option<Vec<String>>>,
     next_id: std::cell::Cell<u64>,
 }
 
@@ -192,9 +212,14 @@ impl Background for TestBackground {
         cluster: &str,
         headers: &[(&str, &str)],
         timeout: std::time::Duration,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CallError> {
         if self.refuse_calls.get() {
-            return Err(format!("no cluster {cluster}"));
+            return Err(CallError::Refused(format!("refused calling {cluster}")));
+        }
+        if let Some(known) = self.known_clusters.borrow().as_ref() {
+            if !known.iter().any(|k| k == cluster) {
+                return Err(CallError::UnknownCluster);
+            }
         }
         let id = self.next_id.get() + 1;
         self.next_id.set(id);

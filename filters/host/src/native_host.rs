@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use edgeguard_dynamic_module::{
-    log, CalloutResponse, CalloutResult, ConfigEnv, CounterId, EnvoyFilterConfig, EnvoyHttpFilter,
-    GaugeId, LogLevel,
+    log, CalloutInitError, CalloutResponse, CalloutResult, ConfigEnv, CounterId, EnvoyFilterConfig,
+    EnvoyHttpFilter, GaugeId, LogLevel,
 };
 
-use crate::{Background, Host, Level, Metrics};
+use crate::{Background, CallError, Host, Level, Metrics};
 
 fn to_log_level(level: Level) -> LogLevel {
     match level {
@@ -51,7 +51,20 @@ pub fn callout_answer(
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             Some(response.body()),
         ),
-        _ => (None, None),
+        CalloutResult::ExceedResponseBufferLimit => {
+            native_log(
+                Level::Warn,
+                "edgeguard: a background call's answer was larger than Envoy's buffer limit for calls",
+            );
+            (None, None)
+        }
+        other => {
+            native_log(
+                Level::Debug,
+                &format!("edgeguard: a background call got no answer ({other:?})"),
+            );
+            (None, None)
+        }
     }
 }
 
@@ -233,7 +246,7 @@ impl Background for NativeBackground<'_> {
         cluster: &str,
         headers: &[(&str, &str)],
         timeout: Duration,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CallError> {
         let headers: Vec<(&[u8], &[u8])> = headers
             .iter()
             .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
@@ -241,7 +254,10 @@ impl Background for NativeBackground<'_> {
         self.config
             .borrow_mut()
             .http_callout(cluster, &headers, b"", timeout)
-            .map_err(|e| format!("{e:?}"))
+            .map_err(|e| match e {
+                CalloutInitError::ClusterNotFound => CallError::UnknownCluster,
+                other => CallError::Refused(format!("{other:?}")),
+            })
     }
 
     fn log(&self, level: Level, message: &str) {

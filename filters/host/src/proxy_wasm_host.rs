@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType, MetricType};
 
-use crate::{Background, Host, Level, Metrics};
+use crate::{Background, CallError, Host, Level, Metrics};
 
 fn to_log_level(level: Level) -> LogLevel {
     match level {
@@ -90,10 +90,14 @@ impl Background for ProxyWasmBackground {
         cluster: &str,
         headers: &[(&str, &str)],
         timeout: std::time::Duration,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CallError> {
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
             .map(u64::from)
-            .map_err(|status| format!("{status:?}"))
+            .map_err(|status| match status {
+                // Envoy answers an unknown cluster with BadArgument
+                proxy_wasm::types::Status::BadArgument => CallError::UnknownCluster,
+                other => CallError::Refused(format!("{other:?}")),
+            })
     }
 
     fn log(&self, level: Level, message: &str) {

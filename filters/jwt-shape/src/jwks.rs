@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use edgeguard_host::{Background, Level, Metrics};
+use edgeguard_host::{Background, CallError, Level, Metrics};
 
 use crate::config::{Config, KeySource};
 use crate::keys::{self, FetchReason};
@@ -79,13 +79,28 @@ pub fn tick<W>(
                 }
                 Err(e) => {
                     metrics.increment(metrics::JWKS_FETCH_FAILED);
-                    bg.log(
-                        Level::Warn,
-                        &format!(
-                            "edgeguard jwt-shape: provider '{}': cannot call cluster '{}' ({e})",
-                            provider.name, remote.cluster
-                        ),
-                    );
+                    if e == CallError::UnknownCluster {
+                        // a configuration mistake: say it loudly, once per provider, and
+                        // count it, rather than a quiet 401 for every request
+                        metrics.increment(metrics::JWKS_CLUSTER_UNKNOWN);
+                        if k.note_unknown_cluster() {
+                            bg.log(
+                                Level::Critical,
+                                &format!(
+                                    "edgeguard jwt-shape: provider '{}': remote_jwks.cluster '{}' is not a cluster this Envoy knows: its JWKS can never load and every token of this provider is refused (401); define the cluster",
+                                    provider.name, remote.cluster
+                                ),
+                            );
+                        }
+                    } else {
+                        bg.log(
+                            Level::Warn,
+                            &format!(
+                                "edgeguard jwt-shape: provider '{}': cannot call cluster '{}' ({e})",
+                                provider.name, remote.cluster
+                            ),
+                        );
+                    }
                     k.fetch_finished(Err("dispatch failed".into()), now);
                     failed.push(i);
                 }

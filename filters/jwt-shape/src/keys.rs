@@ -40,6 +40,8 @@ pub struct RemoteState {
     /// A token named a kid we do not hold; fetch again as soon as the rate limit allows.
     pub refetch_wanted: bool,
     pub last_kid_refetch: Option<f64>,
+    /// The critical line about an unknown cluster was written.
+    pub unknown_cluster_logged: bool,
 }
 
 impl ProviderKeys {
@@ -136,6 +138,17 @@ impl ProviderKeys {
         self.set = Some(Arc::new(set));
         self.generation += 1;
         true
+    }
+
+    /// Records that the JWKS cluster does not exist; true the first time (log it then).
+    pub fn note_unknown_cluster(&mut self) -> bool {
+        match self.remote.as_mut() {
+            Some(r) if !r.unknown_cluster_logged => {
+                r.unknown_cluster_logged = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn in_flight(&self) -> bool {

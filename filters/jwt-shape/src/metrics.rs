@@ -7,6 +7,8 @@ pub const CACHE_HIT: &str = "edgeguard_jwt_shape.cache_hit";
 pub const CACHE_MISS: &str = "edgeguard_jwt_shape.cache_miss";
 pub const JWKS_FETCH_OK: &str = "edgeguard_jwt_shape.jwks_fetch_ok";
 pub const JWKS_FETCH_FAILED: &str = "edgeguard_jwt_shape.jwks_fetch_failed";
+/// JWKS calls refused because `remote_jwks.cluster` names no cluster of this Envoy.
+pub const JWKS_CLUSTER_UNKNOWN: &str = "edgeguard_jwt_shape.jwks_cluster_unknown";
 
 /// Denial reasons, so every counter exists (at 0) from the start.
 pub const DENIAL_REASONS: &[&str] = &[
@@ -46,6 +48,7 @@ pub fn all() -> Vec<String> {
         CACHE_MISS,
         JWKS_FETCH_OK,
         JWKS_FETCH_FAILED,
+        JWKS_CLUSTER_UNKNOWN,
     ]
     .iter()
     .map(|s| s.to_string())

@@ -305,6 +305,33 @@ fn a_cluster_that_cannot_be_called_decides_parked_requests_at_once() {
 }
 
 #[test]
+fn an_unknown_jwks_cluster_is_a_critical_line_once_and_a_metric() {
+    let cfg = remote_config();
+    let state = Shared::<u32>::new(&cfg);
+    let bg = TestBackground::default();
+    *bg.known_clusters.borrow_mut() = Some(vec!["other".into()]);
+    let m = TestHost::default();
+    assert_eq!(jwks::tick(&cfg, &state, &bg, &m, NOW), vec![0]);
+    assert_eq!(jwks::tick(&cfg, &state, &bg, &m, NOW + 5.1), vec![0]);
+    let critical: Vec<String> = bg
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(l, _)| *l == edgeguard_host::Level::Critical)
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(critical.len(), 1, "{critical:?}");
+    assert!(critical[0].contains("remote_jwks.cluster 'c' is not a cluster this Envoy knows"));
+    assert_eq!(m.counter("edgeguard_jwt_shape.jwks_cluster_unknown"), 2);
+    // and requests are refused, not left waiting
+    let h = host("/x", Some(&format!("Bearer {}", kid_token("k1"))));
+    assert_eq!(
+        on_request(&cfg, &state, &h, &h, NOW + 5.2, true),
+        Outcome::Denied
+    );
+}
+
+#[test]
 fn rotation_refresh_and_unknown_kid_refetch() {
     let cfg = remote_config();
     let state = Shared::<u32>::new(&cfg);

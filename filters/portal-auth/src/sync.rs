@@ -2,12 +2,35 @@
 
 use std::time::Duration;
 
-use edgeguard_host::{Background, Level, Metrics};
+use edgeguard_host::{Background, CallError, Level, Metrics};
 use edgeguard_verdict::portal_wire::{Update, UpdateError};
 
 use crate::config::{Config, StoreSource};
 use crate::engine::Copy;
 use crate::metrics;
+
+/// A full copy arriving in parts, assembled aside until the last one.
+#[derive(Clone)]
+pub struct Paging {
+    pub copy: Copy,
+    /// The part to ask for next, of `parts`.
+    pub next: u32,
+    pub parts: u32,
+    /// The lowest version among the parts received: the copy's version once complete, so the
+    /// next deltas replay whatever changed while it paged.
+    pub version: u64,
+}
+
+impl std::fmt::Debug for Paging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paging")
+            .field("next", &self.next)
+            .field("parts", &self.parts)
+            .field("version", &self.version)
+            .field("apps", &self.copy.app_count())
+            .finish()
+    }
+}
 
 /// Fetch bookkeeping (times in Unix seconds).
 #[derive(Clone, Debug, Default)]
@@ -19,13 +42,23 @@ pub struct Sync {
     pub consecutive_failures: u64,
     /// The call in flight.
     pub call: Option<u64>,
+    /// A full copy being assembled from parts.
+    pub paging: Option<Paging>,
 }
 
 /// What a fetch brought.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fetched {
     Unchanged,
-    Applied { version: u64, apps: usize },
+    Applied {
+        version: u64,
+        apps: usize,
+    },
+    /// A part of a full copy arrived; the copy in use is unchanged until the last one.
+    Part {
+        part: u32,
+        parts: u32,
+    },
 }
 
 /// How often the owner calls [`Sync::tick`] (at most; the refresh interval decides fetches).
@@ -69,10 +102,18 @@ impl Sync {
                 self.consecutive_failures += 1;
                 metrics.increment(metrics::FETCH_FAILED);
                 if self.consecutive_failures == 1 {
+                    let (level, what) = if e == CallError::UnknownCluster {
+                        (
+                            Level::Critical,
+                            "is not a cluster this Envoy knows: the store can never load and every request is answered 503; define the cluster".to_string(),
+                        )
+                    } else {
+                        (Level::Warn, format!("cannot be called ({e})"))
+                    };
                     bg.log(
-                        Level::Warn,
+                        level,
                         &format!(
-                            "edgeguard portal-auth: cannot call cluster '{}' ({e})",
+                            "edgeguard portal-auth: store.cluster '{}' {what}",
                             source.cluster
                         ),
                     );
@@ -137,12 +178,18 @@ impl Sync {
                 return false;
             }
         }
-        self.last_start
-            .is_none_or(|t| now - t >= source.refresh_interval_ms as f64 / 1000.0)
+        // the next part of a full copy is asked for at once
+        self.paging.is_some()
+            || self
+                .last_start
+                .is_none_or(|t| now - t >= source.refresh_interval_ms as f64 / 1000.0)
     }
 
     /// The request path for a copy at `version`.
     pub fn path(&self, source: &StoreSource, version: u64) -> String {
+        if let Some(p) = &self.paging {
+            return format!("{}?since=0&part={}&parts={}", source.path, p.next, p.parts);
+        }
         let since = if self.want_full { 0 } else { version };
         format!("{}?since={since}", source.path)
     }
@@ -162,15 +209,26 @@ impl Sync {
         self.in_flight_since = None;
         let result = match status {
             Some("304") => Ok(Fetched::Unchanged),
-            Some("200") => match Update::decode(body.unwrap_or(&[])).and_then(|u| copy.apply(u)) {
-                Ok(()) => {
-                    self.want_full = false;
-                    Ok(Fetched::Applied {
-                        version: copy.version,
-                        apps: copy.app_count(),
-                    })
+            Some("200") => match Update::decode(body.unwrap_or(&[])) {
+                Ok(u) if u.full && u.parts > 1 => self.part(copy, u),
+                Ok(u) => {
+                    self.paging = None;
+                    match copy.apply(u) {
+                        Ok(()) => {
+                            self.want_full = false;
+                            Ok(Fetched::Applied {
+                                version: copy.version,
+                                apps: copy.app_count(),
+                            })
+                        }
+                        Err(e) => {
+                            self.want_full = true;
+                            Err(e.to_string())
+                        }
+                    }
                 }
                 Err(e @ UpdateError::VersionGap { .. }) | Err(e @ UpdateError::Decode(_)) => {
+                    self.paging = None;
                     self.want_full = true;
                     Err(e.to_string())
                 }
@@ -180,9 +238,59 @@ impl Sync {
         };
         match &result {
             Ok(_) => self.consecutive_failures = 0,
-            Err(_) => self.consecutive_failures += 1,
+            Err(_) => {
+                // a failed part restarts the full copy (the next fetch starts at part 0)
+                self.paging = None;
+                self.consecutive_failures += 1
+            }
         }
         result
+    }
+
+    /// One part of a full copy: part 0 starts assembling aside, the others extend it, the last
+    /// one replaces `copy`.
+    fn part(&mut self, copy: &mut Copy, u: Update) -> Result<Fetched, String> {
+        let (part, parts, version) = (u.part, u.parts, u.version);
+        if part == 0 {
+            let mut staging = Copy::default();
+            staging.apply(u).map_err(|e| e.to_string())?;
+            self.paging = Some(Paging {
+                copy: staging,
+                next: 1,
+                parts,
+                version,
+            });
+        } else {
+            let Some(p) = self
+                .paging
+                .as_mut()
+                .filter(|p| p.next == part && p.parts == parts)
+            else {
+                self.want_full = true;
+                return Err(format!(
+                    "store part {part} of {parts} does not continue the copy being assembled"
+                ));
+            };
+            p.copy.extend(u);
+            p.version = p.version.min(version);
+            p.next += 1;
+        }
+        match self.paging.take() {
+            Some(mut p) if p.next >= p.parts => {
+                p.copy.version = p.version;
+                p.copy.loaded = true;
+                *copy = p.copy;
+                self.want_full = false;
+                Ok(Fetched::Applied {
+                    version: copy.version,
+                    apps: copy.app_count(),
+                })
+            }
+            other => {
+                self.paging = other;
+                Ok(Fetched::Part { part, parts })
+            }
+        }
     }
 }
 
@@ -221,6 +329,7 @@ mod tests {
                 })
                 .collect(),
             usage: vec![],
+            ..Default::default()
         }
         .encode()
     }

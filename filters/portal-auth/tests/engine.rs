@@ -57,6 +57,7 @@ fn copy() -> Copy {
             account_id: "acc3".into(),
             relays: Some(2_000_000),
         }],
+        ..Default::default()
     })
     .unwrap();
     c

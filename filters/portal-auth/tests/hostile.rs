@@ -54,6 +54,7 @@ fn copy() -> Copy {
             },
         ],
         usage: vec![],
+        ..Default::default()
     })
     .unwrap();
     c

@@ -47,6 +47,7 @@ fn update(from: u64, version: u64, full: bool, ids: &[&str]) -> Vec<u8> {
             })
             .collect(),
         usage: vec![],
+        ..Default::default()
     }
     .encode()
 }
@@ -157,8 +158,112 @@ fn failures_keep_the_copy_and_a_gap_asks_for_everything() {
     bg.refuse_calls.set(true);
     let mut sync = Sync::default();
     sync.tick(&cfg, 0, &bg, &m, 0.0);
-    assert!(bg.logged("cannot call cluster 'authz_http'"));
+    assert!(bg.logged("store.cluster 'authz_http' cannot be called"));
     bg.refuse_calls.set(false);
     sync.tick(&cfg, 0, &bg, &m, 1.1);
     assert_eq!(bg.take_calls().len(), 1, "and the next tick tries again");
+}
+
+fn part(version: u64, part: u32, parts: u32, ids: &[&str]) -> Vec<u8> {
+    let mut u = Update::decode(&update(0, version, true, ids)).unwrap();
+    u.part = part;
+    u.parts = parts;
+    u.encode()
+}
+
+#[test]
+fn a_full_copy_in_parts_is_assembled_aside_and_published_at_the_lowest_version() {
+    let cfg = config();
+    let bg = TestBackground::default();
+    let m = TestHost::default();
+    let mut sync = Sync::default();
+    let mut copy = Copy::default();
+    let mut now = 0.0;
+    let mut fetch = |sync: &mut Sync, copy: &mut Copy, body: &[u8]| -> String {
+        now += 0.01; // the next part is asked for at once, not after refresh_interval_ms
+        sync.tick(&cfg, copy.version, &bg, &m, now);
+        let call = bg.take_calls().remove(0);
+        sync.answer(copy, call.id, Some("200"), Some(body), &bg, &m);
+        call.header(":path").unwrap_or_default().to_string()
+    };
+    assert_eq!(
+        fetch(&mut sync, &mut copy, &part(10, 0, 3, &["a", "b"])),
+        "/store/v1/snapshot?since=0"
+    );
+    assert!(!copy.loaded(), "nothing is published before the last part");
+    assert_eq!(
+        fetch(&mut sync, &mut copy, &part(12, 1, 3, &["c"])),
+        "/store/v1/snapshot?since=0&part=1&parts=3"
+    );
+    assert!(!copy.loaded());
+    assert_eq!(
+        fetch(&mut sync, &mut copy, &part(11, 2, 3, &["d"])),
+        "/store/v1/snapshot?since=0&part=2&parts=3"
+    );
+    assert!(copy.loaded());
+    assert_eq!(copy.app_count(), 4);
+    assert_eq!(
+        copy.version, 10,
+        "the lowest version: the next deltas replay what changed meanwhile"
+    );
+    // the next fetch asks for the changes since then, after the refresh interval
+    sync.tick(&cfg, copy.version, &bg, &m, 5.0);
+    assert_eq!(
+        bg.take_calls().remove(0).header(":path"),
+        Some("/store/v1/snapshot?since=10")
+    );
+}
+
+#[test]
+fn a_part_out_of_order_restarts_the_full_copy_and_keeps_the_old_one() {
+    let cfg = config();
+    let bg = TestBackground::default();
+    let m = TestHost::default();
+    let mut sync = Sync::default();
+    let mut copy = Copy::default();
+    sync.tick(&cfg, 0, &bg, &m, 0.0);
+    let call = bg.take_calls().remove(0);
+    sync.answer(
+        &mut copy,
+        call.id,
+        Some("200"),
+        Some(&update(0, 5, true, &["old"])),
+        &bg,
+        &m,
+    );
+    assert!(copy.app("old").is_some());
+    // a gap makes it ask for everything; the store answers in parts
+    sync.want_full = true;
+    sync.tick(&cfg, copy.version, &bg, &m, 2.0);
+    let call = bg.take_calls().remove(0);
+    sync.answer(
+        &mut copy,
+        call.id,
+        Some("200"),
+        Some(&part(9, 0, 2, &["n1"])),
+        &bg,
+        &m,
+    );
+    sync.tick(&cfg, copy.version, &bg, &m, 2.01);
+    let call = bg.take_calls().remove(0);
+    // the store restarted and answers another split
+    sync.answer(
+        &mut copy,
+        call.id,
+        Some("200"),
+        Some(&part(3, 1, 4, &["n2"])),
+        &bg,
+        &m,
+    );
+    assert!(
+        copy.app("old").is_some() && copy.app("n1").is_none(),
+        "the copy in use is kept"
+    );
+    assert!(bg.logged("does not continue the copy being assembled"));
+    sync.tick(&cfg, copy.version, &bg, &m, 3.1);
+    assert_eq!(
+        bg.take_calls().remove(0).header(":path"),
+        Some("/store/v1/snapshot?since=0"),
+        "starts over at part 0"
+    );
 }

@@ -4,6 +4,14 @@
 //! older than the server's change log. `304 Not Modified` means nothing changed.
 //!
 //! The update carries key *digests*, never API keys.
+//!
+//! A full copy of a large store comes in **parts** (`?since=0&part=<i>&parts=<n>`, each at most
+//! [`PART_APPS`] apps, split by a stable hash of the app id), so no single answer outgrows
+//! Envoy's buffer for background calls (a 1M-app copy is ~40 MiB in one piece). The server
+//! says how many parts in the first; the client assembles them aside and publishes the copy
+//! once the last arrived, at the *lowest* version among the parts, so the deltas it asks for
+//! next replay whatever changed while it paged (changes are idempotent: upserts and deletes of
+//! whole apps).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -14,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::portal::{PortalApp, PortalView};
 
 /// Content type of an encoded [`Update`].
-pub const CONTENT_TYPE: &str = "application/x-edgeguard-portal-update";
+pub const CONTENT_TYPE: &str = "application/x-edgeguard-portal-update;v=2";
+/// Most apps in one part of a full copy.
+pub const PART_APPS: usize = 100_000;
 /// Path of the snapshot endpoint on `edgeguard authz`'s HTTP port.
 pub const PATH: &str = "/store/v1/snapshot";
 
@@ -43,6 +53,10 @@ pub struct Update {
     pub full: bool,
     pub apps: Vec<AppChange>,
     pub usage: Vec<UsageChange>,
+    /// Which part of a full copy this is (0-based), and how many there are (1 = the whole
+    /// copy in one answer). Usage travels in part 0.
+    pub part: u32,
+    pub parts: u32,
 }
 
 /// Why an update could not be applied.
@@ -112,6 +126,16 @@ struct Maps<S: BuildHasher + Default + Clone> {
 /// than 1/16 of the base.
 const FOLD_AT: usize = 1024;
 
+fn intern_in<S: BuildHasher>(strings: &mut HashSet<Arc<str>, S>, s: Arc<str>) -> Arc<str> {
+    match strings.get(&s) {
+        Some(existing) => existing.clone(),
+        None => {
+            strings.insert(s.clone());
+            s
+        }
+    }
+}
+
 impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
     /// Applies an update; on error the copy is unchanged.
     pub fn apply(&mut self, update: Update) -> Result<(), UpdateError> {
@@ -125,15 +149,7 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
             .strings
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut intern = |s: Arc<str>| -> Arc<str> {
-            match strings.get(&s) {
-                Some(existing) => existing.clone(),
-                None => {
-                    strings.insert(s.clone());
-                    s
-                }
-            }
-        };
+        let mut intern = |s: Arc<str>| -> Arc<str> { intern_in(&mut strings, s) };
         if update.full {
             let mut maps = Maps {
                 apps: HashMap::with_capacity_and_hasher(update.apps.len(), S::default()),
@@ -177,6 +193,27 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
         self.version = update.version;
         self.loaded = true;
         Ok(())
+    }
+
+    /// Adds the apps and usage of a later part of a full copy (no version check, no reset).
+    pub fn extend(&mut self, update: Update) {
+        let mut strings = self
+            .strings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let base = Arc::make_mut(&mut self.base);
+        for c in update.apps {
+            if let Some(mut app) = c.app {
+                app.account_id = intern_in(&mut strings, app.account_id);
+                app.plan = intern_in(&mut strings, app.plan);
+                base.apps.insert(c.id.into_boxed_str(), app);
+            }
+        }
+        for u in update.usage {
+            if let Some(r) = u.relays {
+                base.usage.insert(u.account_id.into_boxed_str(), r);
+            }
+        }
     }
 
     /// Moves the overlay into the base (copying the base only if a clone shares it).
@@ -281,6 +318,7 @@ mod tests {
                 account_id: "x".into(),
                 relays: Some(7),
             }],
+            ..Default::default()
         };
         c.apply(Update::decode(&full.encode()).unwrap()).unwrap();
         assert!(c.loaded());
@@ -304,6 +342,7 @@ mod tests {
                 account_id: "x".into(),
                 relays: None,
             }],
+            ..Default::default()
         };
         c.apply(delta.clone()).unwrap();
         assert!(c.app("a").is_none());
@@ -324,6 +363,8 @@ mod tests {
             full: true,
             apps: vec![],
             usage: vec![],
+            part: 0,
+            parts: 1,
         })
         .unwrap();
         assert_eq!(c.app_count(), 0);
@@ -345,6 +386,8 @@ mod tests {
                 })
                 .collect(),
             usage: vec![],
+            part: 0,
+            parts: 1,
         })
         .unwrap();
         // every app of the account shares one account id string
@@ -371,6 +414,7 @@ mod tests {
                 account_id: "acc".into(),
                 relays: Some(3),
             }],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(c.overlay_len(), 3);
@@ -392,6 +436,8 @@ mod tests {
                     app: if i % 2 == 0 { None } else { Some(app("acc3")) },
                 }],
                 usage: vec![],
+                part: 0,
+                parts: 1,
             })
             .unwrap();
         }

@@ -190,14 +190,24 @@ async fn readyz(State(s): State<Http>) -> impl IntoResponse {
 }
 
 /// The `since` of `?since=<version>` (0 when absent); `None` when it is not a number.
-fn since_param(query: Option<&str>) -> Option<u64> {
-    let mut since = 0;
+/// The feed's query: `since=<version>` and, for the later parts of a full copy,
+/// `part=<i>&parts=<n>` (`None`: malformed).
+fn feed_params(query: Option<&str>) -> Option<(u64, Option<(u32, u32)>)> {
+    let (mut since, mut part, mut parts) = (0, None, None);
     for pair in query.unwrap_or_default().split('&') {
         if let Some(v) = pair.strip_prefix("since=") {
             since = v.parse().ok()?;
+        } else if let Some(v) = pair.strip_prefix("part=") {
+            part = Some(v.parse::<u32>().ok()?);
+        } else if let Some(v) = pair.strip_prefix("parts=") {
+            parts = Some(v.parse::<u32>().ok()?);
         }
     }
-    Some(since)
+    match (part, parts) {
+        (None, None) => Some((since, None)),
+        (Some(p), Some(n)) if p < n && n <= crate::sync::MAX_PARTS => Some((since, Some((p, n)))),
+        _ => None,
+    }
 }
 
 /// Whether the request carries `Authorization: Bearer <token>` (scheme case-insensitive)
@@ -272,12 +282,12 @@ async fn store_snapshot(
             Some((header::WWW_AUTHENTICATE, "Bearer realm=\"edgeguard-store\"")),
         );
     }
-    let Some(since) = since_param(query.as_deref()) else {
+    let Some((since, part)) = feed_params(query.as_deref()) else {
         count("bad_request");
         return json_response(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "since must be a version number",
+            "since must be a version number, part and parts numbers with part < parts",
             None,
         );
     };
@@ -290,7 +300,10 @@ async fn store_snapshot(
         )
             .into_response();
     }
-    let update = crate::sync::update_since(&s.store, &snap, since);
+    let update = match part {
+        Some((part, parts)) => Some(crate::sync::full_part(&snap, part, parts)),
+        None => crate::sync::update_since(&s.store, &snap, since),
+    };
     match update {
         None => {
             count("not_modified");

@@ -330,6 +330,7 @@ fn main() {
     };
     let mut report = String::new();
     let _ = writeln!(report, "## edgeguard bench ({})\n", std::env::consts::ARCH);
+    let path = out_dir().join("report.md");
     for s in sections {
         match s {
             "jwt" => jwt_section(&mut report),
@@ -342,9 +343,9 @@ fn main() {
                 std::process::exit(2);
             }
         }
+        // after every section, so a later section that fails loses nothing measured before
+        std::fs::write(&path, &report).expect("write report");
     }
-    let path = out_dir().join("report.md");
-    std::fs::write(&path, &report).expect("write report");
     println!("{report}");
     eprintln!("report written to {}", path.display());
 }
