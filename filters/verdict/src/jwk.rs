@@ -35,6 +35,7 @@ pub enum KeyMaterial {
     Rsa(RsaPublicKey),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
+    P521(Box<p521::ecdsa::VerifyingKey>),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
@@ -45,6 +46,7 @@ impl KeyMaterial {
             KeyMaterial::Rsa(_) => KeyFamily::Rsa,
             KeyMaterial::P256(_) => KeyFamily::P256,
             KeyMaterial::P384(_) => KeyFamily::P384,
+            KeyMaterial::P521(_) => KeyFamily::P521,
             KeyMaterial::Ed25519(_) => KeyFamily::Ed25519,
         }
     }
@@ -58,6 +60,7 @@ impl fmt::Debug for KeyMaterial {
             KeyMaterial::Rsa(k) => write!(f, "Rsa({} bits)", k.bits()),
             KeyMaterial::P256(_) => f.write_str("P256"),
             KeyMaterial::P384(_) => f.write_str("P384"),
+            KeyMaterial::P521(_) => f.write_str("P521"),
             KeyMaterial::Ed25519(_) => f.write_str("Ed25519"),
         }
     }
@@ -124,7 +127,9 @@ impl Key {
             KeyMaterial::Hmac(k) => k.len() >= min_hmac_key_bytes(alg),
             _ => true,
         };
-        self.material.family() == alg.family() && self.alg.is_none_or(|a| a == alg) && long_enough
+        self.material.family() == alg.family()
+            && self.alg.is_none_or(|a| a.admits(alg))
+            && long_enough
     }
 }
 
@@ -226,6 +231,19 @@ fn parse_jwk(raw: &RawJwk) -> Result<Key, String> {
                 p384::ecdsa::VerifyingKey::from_encoded_point(&point)
                     .map_err(|_| "P-384 point is not on the curve".to_string())?,
             )
+        }
+        ("EC", Some("P-521")) => {
+            // coordinates are 66 bytes (521 bits, big-endian, left-padded)
+            let x = fixed::<66>("x", b64("x", &raw.x)?)?;
+            let y = fixed::<66>("y", b64("y", &raw.y)?)?;
+            let (mut fx, mut fy) = (p521::FieldBytes::default(), p521::FieldBytes::default());
+            fx.copy_from_slice(&x);
+            fy.copy_from_slice(&y);
+            let point = p521::EncodedPoint::from_affine_coordinates(&fx, &fy, false);
+            KeyMaterial::P521(Box::new(
+                p521::ecdsa::VerifyingKey::from_encoded_point(&point)
+                    .map_err(|_| "P-521 point is not on the curve".to_string())?,
+            ))
         }
         ("OKP", Some("Ed25519")) => {
             let x = fixed::<32>("x", b64("x", &raw.x)?)?;
@@ -349,7 +367,8 @@ impl KeySet {
         allowed: &[Algorithm],
         backend: Backend,
     ) -> Result<(), TokenError> {
-        if !allowed.is_empty() && !allowed.contains(&jws.alg) {
+        // an allow-list naming Ed25519 under either name admits both (RFC 9864)
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.admits(jws.alg)) {
             return Err(TokenError::Algorithm(jws.alg.name().to_string()));
         }
         if self.keys.is_empty() {
@@ -388,7 +407,9 @@ fn hash_of(alg: Algorithm) -> HashAlg {
         Algorithm::RS384 | Algorithm::PS384 | Algorithm::HS384 | Algorithm::ES384 => {
             HashAlg::Sha384
         }
-        Algorithm::RS512 | Algorithm::PS512 | Algorithm::HS512 => HashAlg::Sha512,
+        Algorithm::RS512 | Algorithm::PS512 | Algorithm::HS512 | Algorithm::ES512 => {
+            HashAlg::Sha512
+        }
         _ => HashAlg::Sha256,
     }
 }
@@ -453,6 +474,12 @@ fn verify_with(material: &KeyMaterial, jws: &Jws<'_>, digest: &mut Option<Vec<u8
         KeyMaterial::P384(k) => {
             use p384::ecdsa::signature::Verifier;
             p384::ecdsa::Signature::from_slice(sig)
+                .map(|s| k.verify(data, &s).is_ok())
+                .unwrap_or(false)
+        }
+        KeyMaterial::P521(k) => {
+            use p521::ecdsa::signature::Verifier;
+            p521::ecdsa::Signature::from_slice(sig)
                 .map(|s| k.verify(data, &s).is_ok())
                 .unwrap_or(false)
         }

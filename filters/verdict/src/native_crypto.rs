@@ -42,7 +42,8 @@ impl NativeKey {
             }
             KeyMaterial::P256(k) => NativeKey::Point(k.to_encoded_point(false).as_bytes().into()),
             KeyMaterial::P384(k) => NativeKey::Point(k.to_encoded_point(false).as_bytes().into()),
-            KeyMaterial::Ed25519(_) => NativeKey::None,
+            // ring has no P-521: the portable p521 verifier serves both builds
+            KeyMaterial::P521(_) | KeyMaterial::Ed25519(_) => NativeKey::None,
         }
     }
 

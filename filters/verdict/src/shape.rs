@@ -293,22 +293,48 @@ fn opt_str<'a>(
     }
 }
 
+/// A name as Electric's gatekeeper writes it into a claim: the raw name of the schema, table
+/// or column (no quoting, no case folding, no `schema.table` splitting: a table called
+/// `GkItems` is `"GkItems"`, one called `gk.split` is `"gk.split"`).
+fn raw_name(field: &str, name: &str) -> Result<String, ClaimError> {
+    if name.is_empty() {
+        return Err(bad_field(field, IdentifierError::Empty));
+    }
+    if name.chars().count() > identifier::MAX_IDENTIFIER_CHARS {
+        return Err(bad_field(field, IdentifierError::TooLong));
+    }
+    if name.contains('\0') {
+        return Err(bad_field(field, "a name cannot contain NUL"));
+    }
+    Ok(name.to_string())
+}
+
 fn claim_columns(
     obj: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<Vec<String>>, ClaimError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => identifier::parse_columns(s)
-            .map(Some)
-            .map_err(|e| bad_field(field, e)),
+        // the gatekeeper's `columns` parameter form: raw names split on ',' (empty pieces
+        // dropped, nothing trimmed), as `Electric.Phoenix.shape_from_params` splits it
+        Some(Value::String(s)) => {
+            let mut cols = s
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| raw_name(field, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            if cols.is_empty() {
+                return Err(bad_field(field, IdentifierError::Empty));
+            }
+            cols.sort();
+            cols.dedup();
+            Ok(Some(cols))
+        }
         Some(Value::Array(items)) => {
             let mut cols = items
                 .iter()
                 .map(|v| match v {
-                    Value::String(s) => {
-                        identifier::parse_identifier(s).map_err(|e| bad_field(field, e))
-                    }
+                    Value::String(s) => raw_name(field, s),
                     _ => Err(bad_field(field, "expected an array of strings")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -370,7 +396,12 @@ const CLAIM_FIELDS: &[&str] = &[
     "experimental_compaction",
 ];
 
-/// Reads a shape claim: `{"table": "items", "namespace": null, "where": null, "columns": null}`
+/// Reads a shape claim: `{"table": "items", "namespace": null, "where": null, "columns": null}`.
+/// `table`, `namespace` and `columns` hold **raw names**, exactly as Electric's gatekeeper
+/// writes them (it quotes names only in the URL it gives the client); the request's `table`
+/// and `columns` are read as Electric's server reads them (quoted identifiers keep their case,
+/// unquoted ones fold to lower case, `schema.table` splits at the dot outside quotes). So a
+/// token for `GkItems` matches `table="GkItems"`, not `table=gkitems`.
 /// as Electric's gatekeeper mints it, plus `params`, `replica`, `log`, `queryable_columns`,
 /// `experimental_compaction`. `columns` may be an array or a comma-separated string, `params`
 /// an object `{"1": ..}` or an array. Unknown fields are refused: a restriction this code did
@@ -390,12 +421,10 @@ pub fn shape_from_claim(claim_name: &str, claims: &Value) -> Result<Shape, Claim
         Some(ns) => Some(ns),
         None => opt_str(obj, "schema")?,
     };
-    let relation = match namespace {
-        Some(ns) => Relation {
-            schema: identifier::parse_identifier(ns).map_err(|e| bad_field("namespace", e))?,
-            name: identifier::parse_identifier(table).map_err(|e| bad_field("table", e))?,
-        },
-        None => identifier::parse_relation(table).map_err(|e| bad_field("table", e))?,
+    // raw names, as Electric's gatekeeper mints them; no namespace is Postgres's `public`
+    let relation = Relation {
+        schema: raw_name("namespace", namespace.unwrap_or(identifier::DEFAULT_SCHEMA))?,
+        name: raw_name("table", table)?,
     };
     let replica = match opt_str(obj, "replica")? {
         None => Replica::Default,
@@ -517,23 +546,23 @@ mod tests {
             "columns": ["id", "Title"], "replica": "full"}),
         )
         .unwrap();
-        let ok =
-            "table=items&where=user_id+%3D+%241&params%5B1%5D=42&columns=title,ID&replica=full";
+        // raw claim names: `Title` is the quoted identifier, `id` any spelling that folds to it
+        let ok = "table=items&where=user_id+%3D+%241&params%5B1%5D=42&columns=%22Title%22,ID&replica=full";
         assert_eq!(compare(&c, &req(ok).unwrap()), Ok(()));
         let cases = [
-            ("table=other&where=user_id+%3D+%241&params[1]=42&columns=id,title&replica=full", "table"),
-            ("table=items&where=true&params[1]=42&columns=id,title&replica=full", "where"),
-            ("table=items&params[1]=42&columns=id,title&replica=full", "where"),
-            ("table=items&where=user_id+%3D+%241&params[1]=43&columns=id,title&replica=full", "params"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&params[2]=1&columns=id,title&replica=full", "params"),
-            ("table=items&where=user_id+%3D+%241&columns=id,title&replica=full", "params"),
+            ("table=other&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22&replica=full", "table"),
+            ("table=items&where=true&params[1]=42&columns=id,%22Title%22&replica=full", "where"),
+            ("table=items&params[1]=42&columns=id,%22Title%22&replica=full", "where"),
+            ("table=items&where=user_id+%3D+%241&params[1]=43&columns=id,%22Title%22&replica=full", "params"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&params[2]=1&columns=id,%22Title%22&replica=full", "params"),
+            ("table=items&where=user_id+%3D+%241&columns=id,%22Title%22&replica=full", "params"),
             ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id&replica=full", "columns"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22&replica=full", "columns"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,Title&replica=full", "columns"),
             ("table=items&where=user_id+%3D+%241&params[1]=42&replica=full", "columns"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,title", "replica"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,title&replica=full&log=changes_only", "log"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,title&replica=full&experimental_compaction=true", "experimental_compaction"),
-            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,title&replica=full&queryable_columns=id", "queryable_columns"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22", "replica"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22&replica=full&log=changes_only", "log"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22&replica=full&experimental_compaction=true", "experimental_compaction"),
+            ("table=items&where=user_id+%3D+%241&params[1]=42&columns=id,%22Title%22&replica=full&queryable_columns=id", "queryable_columns"),
         ];
         for (q, field) in cases {
             assert_eq!(compare(&c, &req(q).unwrap()), Err(Mismatch(field)), "{q}");
@@ -550,27 +579,44 @@ mod tests {
     }
 
     #[test]
-    fn quoted_and_cased_tables() {
-        let c = claim(json!({"table": "\"MyTable\"", "namespace": "App"})).unwrap();
-        assert_eq!(c.relation.schema, "app");
-        assert_eq!(c.relation.name, "MyTable");
+    fn claims_hold_raw_names_as_electric_mints_them() {
+        let ok = |c: &Shape, q: &str| assert_eq!(compare(c, &req(q).unwrap()), Ok(()), "{q}");
+        let no = |c: &Shape, q: &str, what| {
+            assert_eq!(compare(c, &req(q).unwrap()), Err(Mismatch(what)), "{q}")
+        };
+        // mixed case: the claim's raw `GkItems` is the quoted identifier in the request
+        let c = claim(json!({"table": "GkItems", "namespace": null})).unwrap();
         assert_eq!(
-            compare(&c, &req("table=app.%22MyTable%22").unwrap()),
-            Ok(())
+            (c.relation.schema.as_str(), c.relation.name.as_str()),
+            ("public", "GkItems")
         );
-        assert_eq!(
-            compare(&c, &req("table=APP.%22MyTable%22").unwrap()),
-            Ok(())
-        );
-        assert_eq!(
-            compare(&c, &req("table=app.MyTable").unwrap()),
-            Err(Mismatch("table"))
-        );
-        let c = claim(json!({"table": "app.\"MyTable\""})).unwrap();
-        assert_eq!(
-            compare(&c, &req("table=app.%22MyTable%22").unwrap()),
-            Ok(())
-        );
+        ok(&c, "table=%22GkItems%22");
+        ok(&c, "table=public.%22GkItems%22");
+        no(&c, "table=GkItems", "table");
+        no(&c, "table=gkitems", "table");
+        // a dot is part of the name, not a schema separator
+        let c = claim(json!({"table": "gk.split", "namespace": null})).unwrap();
+        ok(&c, "table=%22gk.split%22");
+        no(&c, "table=gk.split", "table");
+        // the raw namespace, with case, spaces and quotes
+        let c = claim(json!({"table": "My \"T\"", "namespace": "App Schema"})).unwrap();
+        ok(&c, "table=%22App%20Schema%22.%22My%20%22%22T%22%22%22");
+        no(&c, "table=app_schema.%22My%20%22%22T%22%22%22", "table");
+        let c = claim(json!({"table": "items", "namespace": "App"})).unwrap();
+        ok(&c, "table=%22App%22.items");
+        no(&c, "table=App.items", "table");
+        // columns: raw names; `ID` is the quoted `"ID"`, never the unquoted (folded) `id`
+        let c = claim(json!({"table": "t", "columns": ["ID", "a,b", "x y"]})).unwrap();
+        ok(&c, "table=t&columns=%22ID%22,%22a,b%22,%22x%20y%22");
+        no(&c, "table=t&columns=ID,%22a,b%22,%22x%20y%22", "columns");
+        let c = claim(json!({"table": "t", "columns": ["id"]})).unwrap();
+        ok(&c, "table=t&columns=ID");
+        ok(&c, "table=t&columns=%22id%22");
+        // names a request cannot hold are refused in the claim too
+        assert!(claim(json!({"table": ""})).is_err());
+        assert!(claim(json!({"table": "t", "namespace": ""})).is_err());
+        assert!(claim(json!({"table": "x".repeat(64)})).is_err());
+        assert!(claim(json!({"table": "t", "columns": [""]})).is_err());
     }
 
     #[test]
@@ -711,10 +757,8 @@ mod tests {
             claim(json!({"table": "t", "subset": "x"})),
             Err(ClaimError::BadField { .. })
         ));
-        assert!(matches!(
-            claim(json!({"table": "a.b.c"})),
-            Err(ClaimError::BadField { .. })
-        ));
+        // a dot is part of a raw name, not a separator
+        assert_eq!(claim(json!({"table": "a.b.c"})).unwrap().relation.name, "a.b.c");
     }
 
     #[test]
@@ -746,7 +790,8 @@ mod tests {
             c.insert("table".into(), json!(table));
             c.insert("where".into(), json!(where_clause));
             c.insert("params".into(), json!(params));
-            if !cols.is_empty() { c.insert("columns".into(), json!(cols.iter().map(|s| identifier::quote(s)).collect::<Vec<_>>())); }
+            // the claim holds raw names; the request quotes them as Electric's client does
+            if !cols.is_empty() { c.insert("columns".into(), json!(cols)); }
             if full { c.insert("replica".into(), json!("full")); }
             let allowed = claim(Value::Object(c)).unwrap();
 

@@ -21,7 +21,12 @@ pub enum Algorithm {
     PS512,
     ES256,
     ES384,
+    /// ECDSA on P-521 with SHA-512.
+    ES512,
+    /// Ed25519 under the polymorphic name of RFC 8037.
     EdDSA,
+    /// Ed25519 under its fully-specified name (RFC 9864; jose v6 emits it).
+    Ed25519,
 }
 
 /// The family of key an algorithm needs.
@@ -31,11 +36,12 @@ pub enum KeyFamily {
     Rsa,
     P256,
     P384,
+    P521,
     Ed25519,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 12] = [
+    pub const ALL: [Algorithm; 14] = [
         Algorithm::HS256,
         Algorithm::HS384,
         Algorithm::HS512,
@@ -47,7 +53,9 @@ impl Algorithm {
         Algorithm::PS512,
         Algorithm::ES256,
         Algorithm::ES384,
+        Algorithm::ES512,
         Algorithm::EdDSA,
+        Algorithm::Ed25519,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,8 +71,21 @@ impl Algorithm {
             Algorithm::PS512 => "PS512",
             Algorithm::ES256 => "ES256",
             Algorithm::ES384 => "ES384",
+            Algorithm::ES512 => "ES512",
             Algorithm::EdDSA => "EdDSA",
+            Algorithm::Ed25519 => "Ed25519",
         }
+    }
+
+    /// Whether a key pinned to `self` (a JWK's `alg`) may verify a token signed with `token`:
+    /// the same algorithm, or Ed25519 under either of its names (RFC 9864 keeps `EdDSA` for
+    /// keys published before the fully-specified name existed).
+    pub fn admits(self, token: Algorithm) -> bool {
+        self == token
+            || matches!(
+                (self, token),
+                (Algorithm::EdDSA, Algorithm::Ed25519) | (Algorithm::Ed25519, Algorithm::EdDSA)
+            )
     }
 
     pub fn from_name(name: &str) -> Option<Algorithm> {
@@ -82,7 +103,8 @@ impl Algorithm {
             | Algorithm::PS512 => KeyFamily::Rsa,
             Algorithm::ES256 => KeyFamily::P256,
             Algorithm::ES384 => KeyFamily::P384,
-            Algorithm::EdDSA => KeyFamily::Ed25519,
+            Algorithm::ES512 => KeyFamily::P521,
+            Algorithm::EdDSA | Algorithm::Ed25519 => KeyFamily::Ed25519,
         }
     }
 }

@@ -58,8 +58,19 @@ fn jwt_alg(alg: Algorithm) -> jwt::Algorithm {
         Algorithm::PS512 => jwt::Algorithm::PS512,
         Algorithm::ES256 => jwt::Algorithm::ES256,
         Algorithm::ES384 => jwt::Algorithm::ES384,
-        Algorithm::EdDSA => jwt::Algorithm::EdDSA,
+        // the fully-specified name signs as EdDSA; only the header's `alg` differs
+        Algorithm::EdDSA | Algorithm::Ed25519 => jwt::Algorithm::EdDSA,
+        Algorithm::ES512 => panic!("jsonwebtoken has no ES512: see es512_agrees_with_openssl"),
     }
+}
+
+/// The algorithms jsonwebtoken implements under the names we read (it has no ES512 and knows
+/// Ed25519 only as `EdDSA`); ES512 and the `Ed25519` name are tested against OpenSSL and by
+/// re-signing below.
+fn reference_algs() -> impl Iterator<Item = Algorithm> {
+    Algorithm::ALL
+        .into_iter()
+        .filter(|a| !matches!(a, Algorithm::ES512 | Algorithm::Ed25519))
 }
 
 /// The three base64url parts of a compact token.
@@ -412,7 +423,7 @@ fn other_fixture(alg: Algorithm) -> &'static Fixture {
 #[test]
 fn minted_tokens_verify_on_both_sides_for_every_algorithm() {
     let claims = sample_claims();
-    for alg in Algorithm::ALL {
+    for alg in reference_algs() {
         for (i, fixture) in fixtures_for(alg).into_iter().enumerate() {
             // (token kid, JWK kid, JWK alg). Our RSA runs unoptimised in this test build, so
             // the extra RSA keys get one variant each.
@@ -483,7 +494,7 @@ fn mixed_key_set_selects_by_kid() {
     let set = our_set(&jwks);
     let their_set: jwt::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
     let claims = json!({"sub": "mixed"});
-    for alg in Algorithm::ALL {
+    for alg in reference_algs() {
         for fixture in fixtures_for(alg) {
             let what = format!("{alg} {}", fixture.name);
             let token = mint(alg, fixture, Some(&fixture.name), &claims);
@@ -604,7 +615,7 @@ fn ecdsa_high_s_signatures_agree() {
 #[test]
 fn tampered_tokens_are_rejected_by_both() {
     let mut rng = StdRng::seed_from_u64(7);
-    for alg in Algorithm::ALL {
+    for alg in reference_algs() {
         tamper(alg, fixtures_for(alg)[0], true, &mut rng);
     }
     for i in [2, 3] {
@@ -749,7 +760,7 @@ fn tamper(alg: Algorithm, fixture: &Fixture, full: bool, rng: &mut StdRng) {
 
     // Relabelled to every other algorithm (header re-encoded, signature kept).
     let mut header_json: Value = serde_json::from_slice(&unb64(&h)).unwrap();
-    for other in Algorithm::ALL.into_iter().filter(|&a| a != alg) {
+    for other in reference_algs().filter(|&a| a != alg) {
         header_json["alg"] = json!(other.name());
         let relabelled = join(&b64(header_json.to_string().as_bytes()), &p, &s);
         both_reject(
@@ -1618,4 +1629,170 @@ fn audience_semantics() {
     assert!(decode(&json!({"aud": "api"}), &no_audience).is_err());
     assert!(decode(&no_aud, &no_audience).is_ok());
     assert!(token::validate_claims(&json!({"aud": "api"}), &ClaimRules::default(), 0.0).is_ok());
+}
+
+// ------------------------------------------------------------------------------ ES512, Ed25519
+
+/// Runs `openssl` with these arguments (stdin from `input`), returning stdout.
+fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian's openssl package) on PATH");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// One DER element at the start of `der`: (tag, contents, rest).
+fn der_element(der: &[u8]) -> (u8, &[u8], &[u8]) {
+    let tag = der[0];
+    let (len, start) = match der[1] {
+        l if l < 0x80 => (l as usize, 2),
+        0x81 => (der[2] as usize, 3),
+        0x82 => (((der[2] as usize) << 8) | der[3] as usize, 4),
+        l => panic!("DER length form {l:#x}"),
+    };
+    (tag, &der[start..start + len], &der[start + len..])
+}
+
+/// An ECDSA-Sig-Value (DER `SEQUENCE { r INTEGER, s INTEGER }`) as JWS wants it: r || s, each
+/// left-padded to `n` bytes (RFC 7518 §3.4).
+fn jws_ecdsa_signature(der: &[u8], n: usize) -> Vec<u8> {
+    let (tag, seq, _) = der_element(der);
+    assert_eq!(tag, 0x30);
+    let (tag_r, r, rest) = der_element(seq);
+    let (tag_s, s, _) = der_element(rest);
+    assert_eq!((tag_r, tag_s), (0x02, 0x02));
+    let mut out = Vec::with_capacity(2 * n);
+    for int in [r, s] {
+        let int = &int[int.iter().take_while(|b| **b == 0).count()..];
+        out.extend(std::iter::repeat_n(0u8, n - int.len()));
+        out.extend_from_slice(int);
+    }
+    out
+}
+
+/// ES512 (P-521, SHA-512) has no implementation in jsonwebtoken: OpenSSL generates the keys
+/// and signs, and our verifier (the portable p521 code in both builds) must accept exactly the
+/// genuine signatures: tampered tokens, a P-256 key under the same kid, a JWK pinned to another
+/// algorithm and a signature that is not 132 bytes are refused.
+#[test]
+fn es512_agrees_with_openssl() {
+    let dir = std::env::temp_dir().join(format!("edgeguard-es512-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = StdRng::seed_from_u64(521);
+    for round in 0..3 {
+        let key_pem = openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-521",
+            ],
+            b"",
+        );
+        let key_path = dir.join(format!("key{round}.pem"));
+        std::fs::write(&key_path, &key_pem).unwrap();
+        let key_path = key_path.to_str().unwrap();
+        let spki = openssl(
+            &["pkey", "-in", key_path, "-pubout", "-outform", "DER"],
+            b"",
+        );
+        // the SubjectPublicKeyInfo ends with the uncompressed point 04 || x || y
+        let point = &spki[spki.len() - 133..];
+        assert_eq!(point[0], 0x04);
+        let jwk = json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": b64(&point[1..67]), "y": b64(&point[67..])});
+        let set = our_set(&json!({ "keys": [jwk.clone()] }));
+        for _ in 0..4 {
+            let mut claims = sample_claims();
+            claims["n"] = json!(rng.gen_range(0..u32::MAX));
+            let header = b64(br#"{"alg":"ES512","kid":"p521","typ":"JWT"}"#);
+            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            let der = openssl(&["dgst", "-sha512", "-sign", key_path], input.as_bytes());
+            let sig = jws_ecdsa_signature(&der, 66);
+            let token = format!("{input}.{}", b64(&sig));
+            assert_eq!(ours(&set, &token), Ok(claims.clone()), "round {round}");
+            // a JWK pinned to ES512 admits it; pinned to ES384 it does not
+            let mut pinned = jwk.clone();
+            pinned["alg"] = json!("ES512");
+            assert_eq!(
+                ours(&our_set(&json!({"keys": [pinned.clone()]})), &token),
+                Ok(claims.clone())
+            );
+            // pinned to ES384 the key does not even load (the curve does not fit the alg)
+            pinned["alg"] = json!("ES384");
+            assert!(KeySet::from_jwks(json!({"keys": [pinned]}).to_string().as_bytes()).is_err());
+            // every tampering is refused
+            for bit in [0, 7, 8 * 40 + 3, 8 * 131 + 7] {
+                assert!(
+                    ours(&set, &flip_signature(&token, bit)).is_err(),
+                    "sig bit {bit}"
+                );
+            }
+            assert!(ours(&set, &flip_payload(&token, 13)).is_err());
+            assert!(ours(&set, &with_signature(&token, &sig[..131])).is_err());
+            // the same kid on a P-256 key: the curve does not fit, refused
+            let mut other = p256_fixture(0).jwk_with(Some("p521"), None);
+            other["kid"] = json!("p521");
+            assert!(ours(&our_set(&json!({"keys": [other]})), &token).is_err());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RFC 9864's fully-specified `Ed25519` (jose v6 signs with it) verifies like `EdDSA`, with
+/// a JWK that pins either name or none; a JWK pinned to another family still refuses it, and
+/// jsonwebtoken checks the very same signature bytes as EdDSA.
+#[test]
+fn ed25519_is_eddsa_under_its_fully_specified_name() {
+    let fixture = ed25519_fixture(0);
+    let claims = sample_claims();
+    let token = mint_raw(
+        Algorithm::Ed25519,
+        fixture,
+        br#"{"alg":"Ed25519","typ":"JWT"}"#,
+        claims.to_string().as_bytes(),
+    );
+    let (h, p, s) = split(&token);
+    assert!(
+        jwt::crypto::verify(
+            &s,
+            format!("{h}.{p}").as_bytes(),
+            &fixture.components,
+            jwt::Algorithm::EdDSA
+        )
+        .unwrap(),
+        "jsonwebtoken: the signature is a plain Ed25519 one"
+    );
+    for pin in [None, Some(Algorithm::EdDSA), Some(Algorithm::Ed25519)] {
+        let set = our_set(&json!({"keys": [fixture.jwk_with(Some("k"), pin)]}));
+        assert_eq!(ours(&set, &token), Ok(claims.clone()), "pin {pin:?}");
+        assert!(ours(&set, &flip_signature(&token, 9)).is_err());
+    }
+    // an EdDSA token verifies with a key pinned to Ed25519
+    let eddsa = mint(Algorithm::EdDSA, fixture, None, &claims);
+    let set = our_set(&json!({"keys": [fixture.jwk_with(None, Some(Algorithm::Ed25519))]}));
+    assert_eq!(ours(&set, &eddsa), Ok(claims.clone()));
+    // but never with a key of another family
+    let mut wrong = fixture.jwk_with(None, None);
+    wrong["alg"] = json!("ES256");
+    assert!(KeySet::from_jwks(json!({"keys": [wrong]}).to_string().as_bytes()).is_err());
+    // an allow-list naming either admits both names, and nothing else does
+    let set = our_set(&json!({"keys": [fixture.jwk_with(None, None)]}));
+    let jws = token::parse(&token, MAX_LEN).unwrap();
+    assert!(verify_all(&set, &jws, &[Algorithm::EdDSA]).is_ok());
+    assert!(verify_all(&set, &jws, &[Algorithm::Ed25519]).is_ok());
+    assert!(verify_all(&set, &jws, &[Algorithm::ES256, Algorithm::RS256]).is_err());
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use edgeguard_verdict::identifier;
 use edgeguard_verdict::jwk::MIN_HMAC_SECRET_BYTES;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Map, Value};
@@ -18,10 +17,11 @@ pub const DEMO_AUDIENCE: &str = "electric";
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
-    /// Table the token allows (`items`, `schema.items`, `"MixedCase"`).
+    /// Table the token allows: its raw name, as Electric's gatekeeper writes it (`items`,
+    /// `GkItems`; a dot is part of the name, the schema goes in `--namespace`).
     #[arg(long)]
     table: String,
-    /// Schema of the table (Electric's gatekeeper calls it namespace).
+    /// Schema of the table, raw (Electric's gatekeeper calls it namespace; default public).
     #[arg(long)]
     namespace: Option<String>,
     /// The `where` clause the token allows, exactly as the client will send it.
@@ -30,7 +30,8 @@ pub struct TokenArgs {
     /// Bound values for `$n` placeholders: `--params 1=42 --params 2=abc`.
     #[arg(long = "params", value_name = "N=VALUE")]
     params: Vec<String>,
-    /// Allowed columns, comma separated (order does not matter).
+    /// Allowed columns: raw names, comma separated (order does not matter; `--columns id,Title`
+    /// allows the columns `id` and `Title`).
     #[arg(long)]
     columns: Option<String>,
     /// `default` or `full`.
@@ -84,11 +85,8 @@ pub fn shape_claim(args: &TokenArgs) -> Result<Value, String> {
         shape.insert("params".into(), Value::Object(params));
     }
     if let Some(c) = &args.columns {
-        let cols: Vec<String> = identifier::parse_columns(c)
-            .map_err(|e| format!("--columns: {e}"))?
-            .into_iter()
-            .map(|c| identifier::quote(&c))
-            .collect();
+        // raw names, split as Electric's gatekeeper splits its `columns` parameter
+        let cols: Vec<&str> = c.split(',').filter(|c| !c.is_empty()).collect();
         shape.insert("columns".into(), json!(cols));
     } else {
         shape.insert("columns".into(), Value::Null);
