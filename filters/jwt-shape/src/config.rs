@@ -241,6 +241,9 @@ pub enum KeySource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteJwks {
     pub cluster: String,
+    /// The URI is `https://`: the cluster must carry a TLS transport socket (a filter cannot
+    /// see cluster settings, so a failed fetch says so in its log line).
+    pub https: bool,
     pub authority: String,
     pub path: String,
     pub timeout_ms: u64,
@@ -457,6 +460,7 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
         }
         KeySource::Remote(RemoteJwks {
             cluster: r.cluster,
+            https: r.uri.starts_with("https://"),
             authority,
             path,
             timeout_ms: r.timeout_ms,
@@ -473,7 +477,7 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
         let alg = Algorithm::from_name(a).ok_or_else(|| {
             err(
                 f(&format!("algorithms[{i}]")),
-                format!("'{a}' is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA"),
+                format!("'{a}' is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, ES512, EdDSA, Ed25519"),
             )
         })?;
         if let Some(len) = hmac_len {

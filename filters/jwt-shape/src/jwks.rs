@@ -125,10 +125,21 @@ pub fn answer<W>(
 ) -> Option<Answered> {
     let provider = shared.call_finished(call)?;
     let slot = shared.provider(provider)?;
-    let name = config
-        .providers
-        .get(provider)
-        .map_or("?", |p| p.name.as_str());
+    let spec = config.providers.get(provider);
+    let name = spec.map_or("?", |p| p.name.as_str());
+    // a failed fetch of an https:// URI over a cluster without TLS looks like a reset or a
+    // 400 from the IdP; the filter cannot see the cluster's settings, so the line says it
+    let tls_hint = match spec.map(|p| &p.keys) {
+        Some(KeySource::Remote(r))
+            if r.https && matches!(status, None | Some("400") | Some("503")) =>
+        {
+            format!(
+            " (the uri is https://: cluster '{}' needs a TLS transport_socket, Envoy speaks plaintext to a cluster without one)",
+                r.cluster
+            )
+        }
+        _ => String::new(),
+    };
     let result = keys::parse_response(status, body);
     let loaded = slot.with_keys(|k| match result {
         Ok((set, skipped)) => {
@@ -160,7 +171,7 @@ pub fn answer<W>(
             bg.log(
                 Level::Warn,
                 &format!(
-                    "edgeguard jwt-shape: provider '{name}': JWKS fetch failed: {e}; {keeping}"
+                    "edgeguard jwt-shape: provider '{name}': JWKS fetch failed: {e}; {keeping}{tls_hint}"
                 ),
             );
             k.fetch_finished(Err(e), now);

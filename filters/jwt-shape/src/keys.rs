@@ -210,6 +210,7 @@ mod tests {
     fn remote() -> ProviderKeys {
         ProviderKeys::new(&KeySource::Remote(RemoteJwks {
             cluster: "c".into(),
+            https: false,
             authority: "a".into(),
             path: "/".into(),
             timeout_ms: 1000,

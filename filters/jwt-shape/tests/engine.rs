@@ -240,6 +240,10 @@ fn waits_for_the_first_key_set_then_answers() {
     );
     assert_eq!(state.take_waiting(0), vec![(7, 7)]);
     assert!(bg.logged("JWKS fetch failed: JWKS endpoint answered HTTP 503; no keys yet"));
+    assert!(
+        !bg.logged("TLS transport_socket"),
+        "an http:// uri gets no TLS hint"
+    );
     assert_eq!(
         on_request(&cfg, &state, &h, &h, NOW + 0.2, false),
         Outcome::Denied
@@ -292,6 +296,48 @@ fn waits_for_the_first_key_set_then_answers() {
         NOW
     )
     .is_none());
+}
+
+/// A filter cannot see whether a cluster has TLS: a failed fetch of an `https://` URI that
+/// looks like plaintext spoken to a TLS port (a reset, a 400) says what to check.
+#[test]
+fn a_failed_https_fetch_names_the_missing_tls() {
+    let cfg = config(json!({
+        "providers": {"r": {"remote_jwks": {"cluster": "idp_cluster", "uri": "https://idp/jwks"}}},
+        "rules": [{"match": {"prefix": "/"}, "provider": "r"}]
+    }));
+    let state = Shared::<u32>::new(&cfg);
+    let bg = TestBackground::default();
+    let call = tick_one_call(&cfg, &state, &bg, NOW);
+    let a = jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        None,
+        None,
+        NOW + 0.1,
+    );
+    assert!(!a.unwrap().loaded);
+    assert!(bg.logged(
+        "(the uri is https://: cluster 'idp_cluster' needs a TLS transport_socket, Envoy speaks plaintext to a cluster without one)"
+    ));
+    // a 404 from a reachable IdP is not a TLS problem
+    let bg = TestBackground::default();
+    let call = tick_one_call(&cfg, &state, &bg, NOW + 10.0);
+    jwks::answer(
+        &cfg,
+        &state,
+        &bg,
+        bg_metrics(),
+        call.id,
+        Some("404"),
+        Some(b"no"),
+        NOW + 10.1,
+    );
+    assert!(bg.logged("JWKS fetch failed"));
+    assert!(!bg.logged("TLS transport_socket"));
 }
 
 #[test]

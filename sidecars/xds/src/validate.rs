@@ -58,6 +58,157 @@ pub struct PlanListener {
     /// The RDS route configuration it uses.
     pub route_config: String,
     pub domains: Vec<String>,
+    /// Envoy's `cors` filter first in its chain (the policy is on its virtual host).
+    pub cors: bool,
+}
+
+/// How an allowed origin is matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginMatch {
+    Exact(String),
+    /// `scheme://` + any one or more labels + `.suffix` (from `scheme://*.suffix`).
+    Subdomains {
+        scheme: String,
+        suffix: String,
+    },
+    Any,
+}
+
+/// A validated CORS policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanCors {
+    pub origins: Vec<OriginMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Duration,
+    pub allow_credentials: bool,
+}
+
+/// Methods an Electric client (GET shapes, POST subset snapshots) and an RPC caller use.
+pub const CORS_METHODS: &[&str] = &["GET", "POST", "OPTIONS"];
+/// Request headers a browser may send: credentials, JSON bodies, revalidation.
+pub const CORS_ALLOW_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "if-none-match",
+    "portal-application-id",
+];
+/// Response headers a page may read: Electric's protocol headers and the answers of the
+/// edgeguard filters (the reason of a 401, when to retry a 429, quota headers).
+pub const CORS_EXPOSE_HEADERS: &[&str] = &[
+    "electric-handle",
+    "electric-offset",
+    "electric-schema",
+    "electric-cursor",
+    "electric-up-to-date",
+    "electric-chunk-last-offset",
+    "electric-has-data",
+    "www-authenticate",
+    "retry-after",
+    "ratelimit",
+    "ratelimit-policy",
+];
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
+fn check_origin(path: &str, o: &str, issues: &mut Vec<Issue>) -> Option<OriginMatch> {
+    if o == "*" {
+        return Some(OriginMatch::Any);
+    }
+    let bad = |issues: &mut Vec<Issue>, why: &str| {
+        issues.push(Issue::new(path, format!("'{o}' {why}")));
+        None
+    };
+    let Some((scheme, host)) = o.split_once("://") else {
+        return bad(issues, "is not an origin (scheme://host[:port])");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad(issues, "must be http:// or https://");
+    }
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
+            })
+    };
+    match host.strip_prefix("*.") {
+        Some(suffix) if host_ok(suffix) && !suffix.contains('*') => Some(OriginMatch::Subdomains {
+            scheme: scheme.to_string(),
+            suffix: suffix.to_string(),
+        }),
+        Some(_) => bad(issues, "has an invalid host after '*.'"),
+        None if host_ok(host) => Some(OriginMatch::Exact(o.to_string())),
+        None => bad(
+            issues,
+            "has an invalid host (lower case, no path, no trailing slash; '*.' only as the first label)",
+        ),
+    }
+}
+
+fn check_cors(path: &str, c: &crate::model::CorsSpec, issues: &mut Vec<Issue>) -> Option<PlanCors> {
+    let before = issues.len();
+    if c.allow_origins.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.allow_origins"),
+            "list at least one origin",
+        ));
+    }
+    let origins: Vec<OriginMatch> = c
+        .allow_origins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| check_origin(&format!("{path}.allow_origins[{i}]"), o, issues))
+        .collect();
+    if c.allow_credentials && origins.contains(&OriginMatch::Any) {
+        issues.push(Issue::new(
+            format!("{path}.allow_credentials"),
+            "browsers refuse credentials with the '*' origin: list the origins",
+        ));
+    }
+    let list = |field: &str, v: &Option<Vec<String>>, default: &[&str], issues: &mut Vec<Issue>| {
+        let items: Vec<String> = match v {
+            Some(v) => v.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        };
+        for (i, h) in items.iter().enumerate() {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                issues.push(Issue::new(
+                    format!("{path}.{field}[{i}]"),
+                    format!("'{h}' is not a header or method name"),
+                ));
+            }
+        }
+        items
+    };
+    let allow_methods = list("allow_methods", &c.allow_methods, CORS_METHODS, issues);
+    let allow_headers = list(
+        "allow_headers",
+        &c.allow_headers,
+        CORS_ALLOW_HEADERS,
+        issues,
+    );
+    let expose_headers = list(
+        "expose_headers",
+        &c.expose_headers,
+        CORS_EXPOSE_HEADERS,
+        issues,
+    );
+    let max_age = match &c.max_age {
+        Some(m) => duration(&format!("{path}.max_age"), m, issues).unwrap_or(DEFAULT_CORS_MAX_AGE),
+        None => DEFAULT_CORS_MAX_AGE,
+    };
+    (issues.len() == before).then_some(PlanCors {
+        origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: c.allow_credentials,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +242,8 @@ pub struct PlanRouteConfig {
     pub listener: String,
     pub domains: Vec<String>,
     pub routes: Vec<PlanRoute>,
+    /// The listener's CORS policy, on its virtual host.
+    pub cors: Option<PlanCors>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -245,6 +398,7 @@ fn check_filter(
     path: &str,
     f: &FilterSpec,
     authz: Option<&(String, Duration, bool)>,
+    clusters: &[PlanCluster],
     ctx: &Context<'_>,
     issues: &mut Vec<Issue>,
     warnings: &mut Vec<String>,
@@ -398,16 +552,40 @@ fn check_filter(
         }
     };
     match f.kind {
-        FilterKind::JwtShape => edgeguard(
-            configuration,
-            &|json| {
-                jwt_shape::config::Config::parse(json.as_bytes(), &env)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-            issues,
-            warnings,
-        ),
+        FilterKind::JwtShape => {
+            let remotes = std::cell::RefCell::new(Vec::new());
+            let plan = edgeguard(
+                configuration,
+                &|json| {
+                    let config = jwt_shape::config::Config::parse(json.as_bytes(), &env)
+                        .map_err(|e| e.to_string())?;
+                    for p in &config.providers {
+                        if let jwt_shape::config::KeySource::Remote(r) = &p.keys {
+                            remotes
+                                .borrow_mut()
+                                .push((p.name.clone(), r.cluster.clone(), r.https));
+                        }
+                    }
+                    Ok(())
+                },
+                issues,
+                warnings,
+            );
+            for (provider, cluster, https) in remotes.into_inner() {
+                let known = clusters.iter().any(|c| c.name == cluster);
+                let at = format!("{path}.config.providers.{provider}.remote_jwks");
+                if !known {
+                    warnings.push(format!(
+                        "{at}: cluster '{cluster}' is not an upstream of this file: Envoy must have it from its bootstrap, or the provider's JWKS never loads and all its tokens get 401"
+                    ));
+                } else if https {
+                    warnings.push(format!(
+                        "{at}: the uri is https:// but upstream '{cluster}' has no TLS (edgeguard xds upstreams are plaintext): Envoy would speak plaintext to the IdP and the fetch fails; serve the JWKS over http inside the cluster network, or define a TLS cluster in the bootstrap"
+                    ));
+                }
+            }
+            plan
+        }
         FilterKind::PortalAuth => edgeguard(
             configuration,
             &|json| {
@@ -628,6 +806,7 @@ pub fn check(
             &path,
             f,
             authz.as_ref(),
+            &plan.clusters,
             ctx,
             &mut issues,
             &mut plan.warnings,
@@ -687,6 +866,10 @@ pub fn check(
         } else {
             l.domains.clone()
         };
+        let cors = l
+            .cors
+            .as_ref()
+            .and_then(|c| check_cors(&format!("{path}.cors"), c, &mut issues));
         if let Some(a) = addr {
             plan.listeners.push(PlanListener {
                 name: l.name.clone(),
@@ -695,6 +878,7 @@ pub fn check(
                 filters: l.filters.clone(),
                 route_config: route_config_name(&l.name),
                 domains: domains.clone(),
+                cors: cors.is_some(),
             });
         }
         plan.route_configs.push(PlanRouteConfig {
@@ -702,6 +886,7 @@ pub fn check(
             listener: l.name.clone(),
             domains,
             routes: Vec::new(),
+            cors,
         });
     }
 
@@ -1248,6 +1433,87 @@ routes:
         );
         // without native_dir nothing is checked (Envoy has its own search path)
         assert!(check_in(None).warnings.is_empty());
+    }
+
+    #[test]
+    fn cors_policies_are_checked() {
+        let with = |cors: &str| {
+            run(&good().replace(
+                r#"address: "127.0.0.1:10000", filters: [jwt-shape] }"#,
+                &format!(r#"address: "127.0.0.1:10000", filters: [jwt-shape], cors: {cors} }}"#),
+            ))
+        };
+        let plan = with(r#"{ allow_origins: ["https://app.example.com", "https://*.example.org", "http://localhost:5173"], max_age: 1h }"#).unwrap();
+        assert!(plan.listeners[0].cors);
+        let cors = plan.route_configs[0].cors.clone().unwrap();
+        assert_eq!(
+            cors.origins,
+            vec![
+                OriginMatch::Exact("https://app.example.com".into()),
+                OriginMatch::Subdomains {
+                    scheme: "https".into(),
+                    suffix: "example.org".into()
+                },
+                OriginMatch::Exact("http://localhost:5173".into()),
+            ]
+        );
+        assert_eq!(cors.max_age, Duration::from_secs(3600));
+        assert!(cors.expose_headers.iter().any(|h| h == "electric-handle"));
+        assert!(cors.expose_headers.iter().any(|h| h == "www-authenticate"));
+        assert!(!run(&good()).unwrap().listeners[0].cors);
+        for (bad, msg) in [
+            (
+                r#"{ allow_origins: [] }"#,
+                "listeners[0].cors.allow_origins: list at least one origin",
+            ),
+            (
+                r#"{ allow_origins: ["app.example.com"] }"#,
+                "is not an origin",
+            ),
+            (
+                r#"{ allow_origins: ["ftp://x"] }"#,
+                "must be http:// or https://",
+            ),
+            (
+                r#"{ allow_origins: ["https://x.com/"] }"#,
+                "has an invalid host",
+            ),
+            (
+                r#"{ allow_origins: ["https://a.*.com"] }"#,
+                "has an invalid host",
+            ),
+            (
+                r#"{ allow_origins: ["*"], allow_credentials: true }"#,
+                "browsers refuse credentials",
+            ),
+            (
+                r#"{ allow_origins: ["*"], expose_headers: ["a b"] }"#,
+                "listeners[0].cors.expose_headers[0]",
+            ),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.iter().any(|l| l.contains(msg)), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn remote_jwks_clusters_are_checked_against_the_upstreams() {
+        let with = |cluster: &str, uri: &str| {
+            let jwt = format!(
+                r#"{{"providers":{{"idp":{{"remote_jwks":{{"cluster":"{cluster}","uri":"{uri}"}}}}}},"rules":[{{"match":{{"prefix":"/"}},"provider":"idp"}}]}}"#
+            );
+            run(&good().replace(JWT, &jwt)).unwrap().warnings
+        };
+        assert!(with("electric", "http://idp/jwks").is_empty());
+        let w = with("electric", "https://idp/jwks");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("filters[0].config.providers.idp.remote_jwks: the uri is https:// but upstream 'electric' has no TLS"), "{w:?}");
+        let w = with("nowhere", "http://idp/jwks");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("cluster 'nowhere' is not an upstream of this file"),
+            "{w:?}"
+        );
     }
 
     #[test]
