@@ -22,6 +22,8 @@ AUTHZ_PORT=${EDGEGUARD_DEMO_AUTHZ_PORT:-10001}
 AUTHZ_HTTP_PORT=${EDGEGUARD_DEMO_AUTHZ_HTTP_PORT:-9090}
 ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
+# origins whose pages may call the demo (RE2, whole-origin match): local dev servers by default
+CORS_ORIGIN_REGEX=${EDGEGUARD_DEMO_CORS_ORIGIN_REGEX:-'https?://(localhost|127\.0\.0\.1)(:[0-9]+)?'}
 APPS_FILE=${EDGEGUARD_DEMO_APPS_FILE:-$ROOT/envoy/demo/portal-apps.yaml}
 RUN_DIR=${EDGEGUARD_DEMO_DIR:-$ROOT/.run}
 # which build of the filters Envoy loads: native (dynamic modules, line rate) or wasm (proxy-wasm)
@@ -54,7 +56,7 @@ trap 'cleanup; exit 0' INT TERM
 python3 envoy/render.py envoy/demo/envoy.yaml \
   PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" \
   AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
-  FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" \
+  FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" CORS_ORIGIN_REGEX="$CORS_ORIGIN_REGEX" \
   JWT_SHAPE_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape.json \
   PORTAL_AUTH_FILTER=@filter:portal_auth:envoy/demo/portal-auth.json:EDGEGUARD_STORE_TOKEN \
   > "$RUN_DIR/envoy.yaml"

@@ -141,6 +141,44 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         "{grpc}"
     );
 
+    // browsers: the cors filter runs before the edgeguard filters, so their own answers reach a
+    // page of an allowed origin readable (and the reason and retry headers exposed); a
+    // preflight is answered by Envoy; other origins get no CORS headers
+    let page = "http://localhost:5173";
+    for (what, cmd, status) in [
+        ("jwt-shape 401", format!("curl -si -H 'Origin: {page}' 'http://127.0.0.1:{port}/v1/shape?table=items&offset=-1'"), 401),
+        ("jwt-shape 403", format!("curl -si -H 'Origin: {page}' -H 'Authorization: Bearer {}' 'http://127.0.0.1:{port}/v1/shape?table=secrets&offset=-1'", ok_token(&commands[0])), 403),
+        ("portal-auth 429", format!("curl -si -H 'Origin: {page}' 'http://127.0.0.1:{port}/v1/demo_over_quota'"), 429),
+        ("jwt-shape 200", format!("curl -si -H 'Origin: {page}' -H 'Authorization: Bearer {}' 'http://127.0.0.1:{port}/v1/shape?table=items&offset=-1'", ok_token(&commands[0])), 200),
+    ] {
+        let out = run(&cmd).to_ascii_lowercase();
+        assert!(out.ends_with(&format!("\n{status}")), "{what}: {out}");
+        assert!(out.contains(&format!("access-control-allow-origin: {page}")), "{what}: {out}");
+        assert!(out.contains("access-control-expose-headers: ") && out.contains("www-authenticate"), "{what}: {out}");
+    }
+    let preflight = run(&format!(
+        "curl -si -X OPTIONS -H 'Origin: {page}' -H 'Access-Control-Request-Method: GET' -H 'Access-Control-Request-Headers: authorization' 'http://127.0.0.1:{port}/v1/shape?table=items&offset=-1'"
+    ))
+    .to_ascii_lowercase();
+    assert!(preflight.ends_with("\n200"), "{preflight}");
+    assert!(
+        preflight.contains(&format!("access-control-allow-origin: {page}")),
+        "{preflight}"
+    );
+    assert!(
+        preflight.contains("access-control-allow-headers: authorization"),
+        "{preflight}"
+    );
+    let foreign = run(&format!(
+        "curl -si -H 'Origin: https://evil.example' 'http://127.0.0.1:{port}/v1/shape?table=items&offset=-1'"
+    ))
+    .to_ascii_lowercase();
+    assert!(foreign.ends_with("\n401"), "{foreign}");
+    assert!(
+        !foreign.contains("access-control-allow-origin"),
+        "{foreign}"
+    );
+
     // no route lets a client forge a header a filter (or edgeguard authz) sets: each route gets
     // every owned header forged, and nothing forged reaches the upstream
     let token = ok_token(&commands[0]);

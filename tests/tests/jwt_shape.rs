@@ -296,7 +296,7 @@ fn shape_binding_403_and_400(flavour: Flavour) {
     let bound = key.sign(
         "HS256",
         &claims(json!({"table": "todos", "namespace": "app", "where": "owner = $1", "params": {"1": "user-1"},
-            "columns": ["id", "title", "\"Done\""], "replica": "full"})),
+            "columns": ["id", "title", "Done"], "replica": "full"})),
     );
     let ok = "table=app.todos&where=owner+%3D+%241&params%5B1%5D=user-1&columns=%22Done%22,TITLE,id&replica=full&offset=-1";
     let r = envoy.get(
@@ -759,6 +759,80 @@ fn an_unknown_jwks_cluster_fails_loudly(flavour: Flavour) {
     assert!(lines.iter().all(|l| l.contains("critical")), "{lines:?}");
 }
 
+/// Claims hold raw names, exactly as Electric's gatekeeper mints them; the request is read as
+/// Electric's server reads it (quoted identifiers keep case and dots, unquoted ones fold to
+/// lower case). Mixed case, dots, spaces, quotes and commas in schema, table and column names,
+/// each allowed in its one right spelling and refused in the others.
+fn claims_hold_raw_names(flavour: Flavour) {
+    let echo = Echo::start();
+    let envoy = start(flavour, &echo, &demo_config());
+    let key = demo_key();
+    let cases: Vec<(Value, Vec<&str>, Vec<&str>)> = vec![
+        (
+            json!({"table": "GkItems", "namespace": null}),
+            vec![
+                "table=%22GkItems%22",
+                "table=public.%22GkItems%22",
+                "table=%22public%22.%22GkItems%22",
+            ],
+            vec![
+                "table=GkItems",
+                "table=gkitems",
+                "table=%22gkitems%22",
+                "table=other.%22GkItems%22",
+            ],
+        ),
+        (
+            json!({"table": "gk.split", "namespace": null}),
+            vec!["table=%22gk.split%22", "table=public.%22gk.split%22"],
+            vec!["table=gk.split", "table=%22gk%22.%22split%22"],
+        ),
+        (
+            json!({"table": "a, b", "namespace": "My \"Schema\""}),
+            vec!["table=%22My%20%22%22Schema%22%22%22.%22a,%20b%22"],
+            vec![
+                "table=%22a,%20b%22",
+                "table=%22my%20%22%22schema%22%22%22.%22a,%20b%22",
+            ],
+        ),
+        (
+            json!({"table": "items", "namespace": "App"}),
+            vec!["table=%22App%22.items"],
+            vec!["table=App.items", "table=app.items", "table=items"],
+        ),
+        (
+            json!({"table": "items", "columns": ["ID", "say \"hi\"", "x,y", "lower"]}),
+            vec![
+                "table=items&columns=%22ID%22,%22say%20%22%22hi%22%22%22,%22x,y%22,lower",
+                "table=items&columns=LOWER,%22x,y%22,%22ID%22,%22say%20%22%22hi%22%22%22",
+            ],
+            vec![
+                "table=items&columns=ID,%22say%20%22%22hi%22%22%22,%22x,y%22,lower",
+                "table=items&columns=%22ID%22,%22say%20%22%22hi%22%22%22,x,y,lower",
+                "table=items&columns=%22ID%22,%22x,y%22,lower",
+            ],
+        ),
+    ];
+    for (shape, allowed, refused) in cases {
+        let t = key.sign("HS256", &claims(shape.clone()));
+        for q in allowed {
+            let r = envoy.get(
+                &format!("/v1/shape?{q}&offset=-1"),
+                &[("authorization", &bearer(&t))],
+            );
+            assert_eq!(r.status, 200, "{shape} {q}: {}", r.body);
+        }
+        for q in refused {
+            let r = envoy.get(
+                &format!("/v1/shape?{q}&offset=-1"),
+                &[("authorization", &bearer(&t))],
+            );
+            assert_eq!(r.status, 403, "{shape} {q}: {}", r.body);
+            assert!(r.body.contains("differs"), "{shape} {q}: {}", r.body);
+        }
+    }
+}
+
 fn invalid_configuration_is_refused_with_one_clear_line(flavour: Flavour) {
     let echo = Echo::start();
     let cases: Vec<(Value, &str)> = vec![
@@ -870,6 +944,7 @@ edgeguard_tests::flavoured!(
     remote_jwks_unreachable_then_garbage_then_up,
     invalid_configuration_is_refused_with_one_clear_line,
     an_unknown_jwks_cluster_fails_loudly,
+    claims_hold_raw_names,
     secrets_from_the_environment,
     tokens_in_other_places_and_forwarding,
 );

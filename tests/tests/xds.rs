@@ -839,6 +839,35 @@ fn make_run_xds_prints_working_curl_lines() {
     assert!(ok.contains("secret=demo-electric-secret"), "{ok}");
     assert!(run(&curls[1]).ends_with("\n401"));
     assert!(run(&curls[2]).ends_with("\n403"));
+    // the listener's `cors:` put Envoy's cors filter before jwt-shape: its 401 carries the CORS
+    // headers for a listed origin (and a preflight is answered), not for another origin
+    let page = "http://localhost:5173";
+    let unauth = run(&format!("{} -i -H 'Origin: {page}'", curls[1])).to_ascii_lowercase();
+    assert!(unauth.ends_with("\n401"), "{unauth}");
+    assert!(
+        unauth.contains(&format!("access-control-allow-origin: {page}")),
+        "{unauth}"
+    );
+    assert!(unauth.contains("www-authenticate"), "{unauth}");
+    let preflight = run(&format!(
+        "curl -si -X OPTIONS -H 'Origin: {page}' -H 'Access-Control-Request-Method: GET' 'http://127.0.0.1:{}/v1/shape?table=items'",
+        ports[0]
+    ))
+    .to_ascii_lowercase();
+    assert!(preflight.ends_with("\n200"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-methods: get, post, options"),
+        "{preflight}"
+    );
+    let foreign = run(&format!(
+        "{} -i -H 'Origin: https://evil.example'",
+        curls[1]
+    ))
+    .to_ascii_lowercase();
+    assert!(
+        foreign.ends_with("\n401") && !foreign.contains("access-control-allow-origin"),
+        "{foreign}"
+    );
     let status = http::get(ports[4], "/status", &[]).unwrap().json();
     assert_eq!(status["streams"][0]["node"], "edgeguard-demo");
 

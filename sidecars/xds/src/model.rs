@@ -98,6 +98,32 @@ pub struct ListenerSpec {
     /// Virtual host domains (default `["*"]`).
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Browser access: Envoy's `cors` filter first in the chain (before the edgeguard filters,
+    /// so their own 401/403/429 answers reach the page readable) with this policy on the
+    /// listener's virtual host.
+    #[serde(default)]
+    pub cors: Option<CorsSpec>,
+}
+
+/// A CORS policy (Envoy's `CorsPolicy`). Unset lists take the defaults an Electric client and
+/// a portal-app caller need.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSpec {
+    /// Origins: exact (`https://app.example.com`), one leading wildcard label
+    /// (`https://*.example.com`), or `*` (any origin; not with `allow_credentials`).
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub expose_headers: Option<Vec<String>>,
+    /// How long a browser may cache a preflight (humantime, default `10m`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// A route of a listener; first match wins, in file order.

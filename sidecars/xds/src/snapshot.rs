@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{ext_authz, ExtAuthz};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -36,12 +37,16 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, ReloadConfig, VmConfig,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    regex_matcher, string_matcher, RegexMatcher, StringMatcher,
+};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, StringValue};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::validate::{
-    Issue, PathMatch, Plan, PlanFilter, PlanFilterKind, RouteAction as PlanAction,
+    Issue, OriginMatch, PathMatch, Plan, PlanCors, PlanFilter, PlanFilterKind,
+    RouteAction as PlanAction,
 };
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -52,6 +57,11 @@ pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.Typ
 pub const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+pub const CORS_POLICY: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+/// The name of Envoy's CORS filter, and the key of its per-virtual-host policy.
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 pub const EXT_AUTHZ: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
@@ -474,6 +484,21 @@ fn build_listener(
             ..Default::default()
         })
         .collect();
+    if l.cors {
+        // first: a 401/403/429 a later filter answers goes back through it and gets the
+        // CORS headers, so the page can read it
+        http_filters.insert(
+            0,
+            HttpFilter {
+                name: CORS_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                    CORS,
+                    &Cors::default(),
+                ))),
+                ..Default::default()
+            },
+        );
+    }
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack(
@@ -542,14 +567,70 @@ fn build_routes(rc: &crate::validate::PlanRouteConfig) -> RouteConfiguration {
             ..Default::default()
         })
         .collect();
+    let mut typed_per_filter_config = std::collections::HashMap::new();
+    if let Some(cors) = &rc.cors {
+        typed_per_filter_config.insert(
+            CORS_FILTER.to_string(),
+            pack(CORS_POLICY, &cors_policy(cors)),
+        );
+    }
     RouteConfiguration {
         name: rc.name.clone(),
         virtual_hosts: vec![VirtualHost {
             name: rc.listener.clone(),
             domains: rc.domains.clone(),
             routes,
+            typed_per_filter_config,
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// Escapes RE2 metacharacters in a literal.
+fn regex_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cors_policy(c: &PlanCors) -> CorsPolicy {
+    let regex = |r: String| StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: r,
+            engine_type: None::<regex_matcher::EngineType>,
+        })),
+        ..Default::default()
+    };
+    CorsPolicy {
+        allow_origin_string_match: c
+            .origins
+            .iter()
+            .map(|o| match o {
+                OriginMatch::Exact(e) => StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(e.clone())),
+                    ..Default::default()
+                },
+                OriginMatch::Subdomains { scheme, suffix } => regex(format!(
+                    "{}://[a-z0-9-]+(\\.[a-z0-9-]+)*\\.{}",
+                    regex_literal(scheme),
+                    regex_literal(suffix)
+                )),
+                OriginMatch::Any => regex(".*".into()),
+            })
+            .collect(),
+        allow_methods: c.allow_methods.join(", "),
+        allow_headers: c.allow_headers.join(", "),
+        expose_headers: c.expose_headers.join(", "),
+        max_age: c.max_age.as_secs().to_string(),
+        allow_credentials: Some(BoolValue {
+            value: c.allow_credentials,
+        }),
         ..Default::default()
     }
 }
