@@ -31,7 +31,7 @@ export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 export EDGEGUARD_NATIVE_DIR := $(NATIVE_DIR)
 
-.PHONY: help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
+.PHONY: js-clients help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -120,12 +120,25 @@ run-xds: tools build
 	@envoy/xds/run.sh
 
 # ---------------------------------------------------------------- test
-test: tools wasm-test native-test postgres validate-manifests
+test: tools wasm-test native-test postgres validate-manifests js-clients
 	$(CARGO) build --locked -p edgeguard
 	$(CARGO) test --locked --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --locked --workspace --lib --bins
+
+# Third-party JavaScript clients the tests drive as users do (pinned, into .tools/clients;
+# tests run node there): jose (tokens signed by a user's own issuer).
+CLIENTS_DIR := $(TOOLS)/clients
+JS_CLIENTS  := jose@6.2.18
+export EDGEGUARD_JS_CLIENTS := $(CLIENTS_DIR)
+
+js-clients:
+	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@grep -qxF '$(JS_CLIENTS)' $(CLIENTS_DIR)/.installed 2>/dev/null || { \
+	  echo ">> installing JavaScript clients from npm into $(CLIENTS_DIR)"; mkdir -p $(CLIENTS_DIR) && \
+	  npm install --prefix $(CLIENTS_DIR) --no-audit --no-fund --loglevel=error --save-exact $(JS_CLIENTS) && \
+	  echo '$(JS_CLIENTS)' > $(CLIENTS_DIR)/.installed; }
 
 # ---------------------------------------------------------------- manifests
 # Offline validation of istio/ and compose/ (see tests/manifests/validate.py for what is

@@ -75,3 +75,28 @@ pub fn repo_file(rel: &str) -> String {
     let p = root().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
+
+/// The folder holding `node_modules` with the pinned third-party JavaScript clients
+/// (`make js-clients`): `EDGEGUARD_JS_CLIENTS`, by default `.tools/clients`.
+pub fn js_clients() -> PathBuf {
+    from_env("EDGEGUARD_JS_CLIENTS", root().join(".tools/clients"))
+}
+
+/// Runs a test script of `tests/js/` with node in [`js_clients`] (so its bare imports resolve
+/// to the pinned packages) and returns its standard output.
+pub fn node_script(script: &str, args: &[&str]) -> String {
+    let source = std::fs::read_to_string(root().join("tests/js").join(script))
+        .unwrap_or_else(|e| panic!("tests/js/{script}: {e}"));
+    let out = std::process::Command::new("node")
+        .current_dir(js_clients())
+        .args(["--input-type=module", "-e", &source, "--"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("node (apt nodejs) on PATH: {e}"));
+    assert!(
+        out.status.success(),
+        "node tests/js/{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

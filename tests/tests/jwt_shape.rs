@@ -454,6 +454,66 @@ fn preflight_passes_other_options_do_not(flavour: Flavour) {
     assert_eq!(r.status, 403);
 }
 
+/// Tokens signed by `jose` v6 (npm), as a user's own issuer signs them: Ed25519 under RFC 9864's
+/// fully-specified `Ed25519` alg name, the same key under `EdDSA`, and ES512 (P-521), with the
+/// JWKS jose exported (whose keys pin `alg`). All verify; tampered ones do not; a provider whose
+/// allow-list names only `EdDSA` admits `Ed25519` too, one naming only ES256 admits neither.
+fn jose_v6_tokens_verify(flavour: Flavour) {
+    let n = now();
+    let c = json!({"iss": "https://jose.test", "aud": "api", "sub": "jose-user", "exp": n + 300});
+    let out: Value =
+        serde_json::from_str(&tools::node_script("jose_sign.mjs", &[&c.to_string()])).unwrap();
+    let provider = |algorithms: Option<Value>| {
+        let mut p = json!({"issuer": "https://jose.test", "audiences": ["api"],
+            "local_jwks": {"inline": out["jwks"].clone()},
+            "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"}]});
+        if let Some(a) = algorithms {
+            p["algorithms"] = a;
+        }
+        p
+    };
+    let config = json!({
+        "providers": {"any": provider(None), "eddsa": provider(Some(json!(["EdDSA"]))),
+                      "es256": provider(Some(json!(["ES256"])))},
+        "rules": [{"match": {"prefix": "/eddsa"}, "provider": "eddsa"},
+                  {"match": {"prefix": "/es256"}, "provider": "es256"},
+                  {"match": {"prefix": "/"}, "provider": "any"}]
+    });
+    let echo = Echo::start();
+    let envoy = start(flavour, &echo, &config.to_string());
+    for alg in ["Ed25519", "EdDSA", "ES512"] {
+        let t = out["tokens"][alg].as_str().unwrap();
+        let r = envoy.get("/any", &[("authorization", &bearer(t))]);
+        assert_eq!(r.status, 200, "{alg}: {}", r.body);
+        assert_eq!(r.echoed("x-sub").as_deref(), Some("jose-user"), "{alg}");
+        // one flipped signature character
+        let mut bad = t.to_string();
+        let last = if bad.ends_with('A') { "B" } else { "A" };
+        bad.replace_range(bad.len() - 3..bad.len() - 2, last);
+        let r = envoy.get("/any", &[("authorization", &bearer(&bad))]);
+        assert_eq!(r.status, 401, "{alg} tampered: {}", r.body);
+        let r = envoy.get("/es256", &[("authorization", &bearer(t))]);
+        assert_eq!(
+            r.status, 401,
+            "{alg} with an ES256-only provider: {}",
+            r.body
+        );
+    }
+    for alg in ["Ed25519", "EdDSA"] {
+        let t = out["tokens"][alg].as_str().unwrap();
+        let r = envoy.get("/eddsa", &[("authorization", &bearer(t))]);
+        assert_eq!(r.status, 200, "{alg} with an EdDSA allow-list: {}", r.body);
+    }
+    let r = envoy.get(
+        "/eddsa",
+        &[(
+            "authorization",
+            &bearer(out["tokens"]["ES512"].as_str().unwrap()),
+        )],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+}
+
 /// One provider per key family, keys given inline as a JWKS.
 fn every_algorithm_family(flavour: Flavour) {
     let rsa = keys::rsa_a();
@@ -945,6 +1005,7 @@ edgeguard_tests::flavoured!(
     invalid_configuration_is_refused_with_one_clear_line,
     an_unknown_jwks_cluster_fails_loudly,
     claims_hold_raw_names,
+    jose_v6_tokens_verify,
     secrets_from_the_environment,
     tokens_in_other_places_and_forwarding,
 );

@@ -758,7 +758,10 @@ mod tests {
             Err(ClaimError::BadField { .. })
         ));
         // a dot is part of a raw name, not a separator
-        assert_eq!(claim(json!({"table": "a.b.c"})).unwrap().relation.name, "a.b.c");
+        assert_eq!(
+            claim(json!({"table": "a.b.c"})).unwrap().relation.name,
+            "a.b.c"
+        );
     }
 
     #[test]
