@@ -105,7 +105,7 @@ impl App {
 
     fn refuse(&self, refusal: &Refusal, headers: &HeaderMap, subject: Option<&str>) -> Response {
         self.metrics.refused(refusal.reason);
-        info!(reason = refusal.reason.as_str(), sub = subject.unwrap_or(""), message = %refusal.message, "request refused");
+        info!(reason = refusal.reason.as_str(), sub = subject.unwrap_or(""), detail = %refusal.message, "request refused");
         let mut extra = self.cors(headers);
         extra.push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         if refusal.reason.status() == 401 {
