@@ -7,6 +7,11 @@
 #   edgeguard authz 127.0.0.1:10001 (gRPC ext_authz), 127.0.0.1:9090 (/metrics, store endpoint);
 #                  DB-less: apps from envoy/demo/portal-apps.yaml (edit it: hot-reloaded)
 #   edgeguard echo 127.0.0.1:18080 (the upstream: answers with what it received)
+#   edgeguard gatekeeper 127.0.0.1:10003 (POST /gatekeeper/<table> answers a shape token, ES256
+#                  keys in $RUN_DIR/gatekeeper-keys published at /.well-known/jwks.json; policy
+#                  envoy/demo/gatekeeper-policy.yaml, hot-reloaded; DEV MODE: everyone is demo-user)
+#   Envoy          127.0.0.1:10004 (/v1/shape for gatekeeper tokens: jwt-shape's remote_jwks is the
+#                  gatekeeper's JWKS; /gatekeeper/ and /.well-known/ proxied to the gatekeeper)
 # Every port can be overridden with the environment (EDGEGUARD_DEMO_*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +26,9 @@ ADMIN_PORT=${EDGEGUARD_DEMO_ADMIN_PORT:-9901}
 AUTHZ_PORT=${EDGEGUARD_DEMO_AUTHZ_PORT:-10001}
 AUTHZ_HTTP_PORT=${EDGEGUARD_DEMO_AUTHZ_HTTP_PORT:-9090}
 ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
+GATEKEEPER_PORT=${EDGEGUARD_DEMO_GATEKEEPER_PORT:-10003}
+GATEKEEPER_SHAPE_PORT=${EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT:-10004}
+GATEKEEPER_POLICY=${EDGEGUARD_DEMO_GATEKEEPER_POLICY:-$ROOT/envoy/demo/gatekeeper-policy.yaml}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
 # origins whose pages may call the demo (RE2, whole-origin match): local dev servers by default
 CORS_ORIGIN_REGEX=${EDGEGUARD_DEMO_CORS_ORIGIN_REGEX:-'https?://(localhost|127\.0\.0\.1)(:[0-9]+)?'}
@@ -38,7 +46,7 @@ case "$FLAVOUR" in
   wasm) FILTER_FILES=("$WASM_DIR/jwt_shape.wasm" "$WASM_DIR/portal_auth.wasm") ;;
   *) echo "EDGEGUARD_FLAVOUR must be native or wasm, not '$FLAVOUR'"; exit 1 ;;
 esac
-for f in "$ENVOY" "$BIN" "${FILTER_FILES[@]}" "$APPS_FILE"; do
+for f in "$ENVOY" "$BIN" "${FILTER_FILES[@]}" "$APPS_FILE" "$GATEKEEPER_POLICY"; do
   [ -e "$f" ] || { echo "missing $f: run 'make run' (it installs and builds everything)"; exit 1; }
 done
 mkdir -p "$RUN_DIR"
@@ -57,7 +65,9 @@ python3 envoy/render.py envoy/demo/envoy.yaml \
   PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" \
   AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
   FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" CORS_ORIGIN_REGEX="$CORS_ORIGIN_REGEX" \
+  GATEKEEPER_PORT="$GATEKEEPER_PORT" GATEKEEPER_SHAPE_PORT="$GATEKEEPER_SHAPE_PORT" \
   JWT_SHAPE_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape.json \
+  JWT_SHAPE_GATEKEEPER_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape-gatekeeper.json \
   PORTAL_AUTH_FILTER=@filter:portal_auth:envoy/demo/portal-auth.json:EDGEGUARD_STORE_TOKEN \
   > "$RUN_DIR/envoy.yaml"
 
@@ -66,11 +76,24 @@ pids+=($!)
 PORTAL_APPS_FILE="$APPS_FILE" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
   RATE_LIMIT_HEADERS=true LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
 pids+=($!)
+# the gatekeeper, in development mode (everyone is demo-user) — never in production; its key
+# directory lives in this run's folder (the first key is written at start and signs at once);
+# a rotated key is published 2 minutes before it signs (jwt-shape refreshes this JWKS every 60 s)
+EDGEGUARD_GATEKEEPER_DEV_ALLOW_ANYONE=true EDGEGUARD_GATEKEEPER_DEV_CLAIMS='{"sub":"demo-user"}' \
+  "$BIN" gatekeeper --listen "127.0.0.1:$GATEKEEPER_PORT" --policy "$GATEKEEPER_POLICY" \
+  --key-dir "$RUN_DIR/gatekeeper-keys" --publish-delay 2m --issuer edgeguard-gatekeeper-demo --audience electric \
+  --shape-url "http://127.0.0.1:$GATEKEEPER_SHAPE_PORT/v1/shape" --public-url "http://127.0.0.1:$GATEKEEPER_PORT" \
+  --log-format text > "$RUN_DIR/gatekeeper.log" 2>&1 &
+pids+=($!)
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$NATIVE_DIR" \
   "$ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 
-ready() { curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE && curl -fs "http://127.0.0.1:$AUTHZ_HTTP_PORT/readyz" >/dev/null 2>&1; }
+ready() {
+  curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE &&
+    curl -fs "http://127.0.0.1:$AUTHZ_HTTP_PORT/readyz" >/dev/null 2>&1 &&
+    curl -fs "http://127.0.0.1:$GATEKEEPER_PORT/readyz" >/dev/null 2>&1
+}
 for _ in $(seq 1 150); do
   ready && break
   for p in "${pids[@]}"; do
@@ -88,6 +111,12 @@ done
 TOKEN=$("$BIN" token --table items --sub demo-user --ttl 1h)
 BASE="http://127.0.0.1:$PORT"
 EXT="http://127.0.0.1:$EXT_AUTHZ_PORT"
+GK="http://127.0.0.1:$GATEKEEPER_PORT"
+GKSHAPE="http://127.0.0.1:$GATEKEEPER_SHAPE_PORT"
+# one answer of the gatekeeper, turned into the request it allows (its `query`, URL-encoded)
+GK_ANSWER=$(curl -fs -X POST "$GK/gatekeeper/items?columns=id,title")
+GK_TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["headers"]["Authorization"].split(" ",1)[1])' <<<"$GK_ANSWER")
+GK_QUERY=$(python3 -c 'import json,sys,urllib.parse; print(urllib.parse.urlencode(json.load(sys.stdin)["query"]))' <<<"$GK_ANSWER")
 cat <<TXT
 
 edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
@@ -113,6 +142,16 @@ edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
   curl -s -H 'Authorization: demo-secret-key-0001' '$EXT/v1/demo_keyed'
   # PEAS's grpcurl check against edgeguard authz (reflection: no .proto files needed)
   make grpcurl-check PORTAL_APP_ID=demo_keyed API_KEY=demo-secret-key-0001 AUTHZ_ADDR=127.0.0.1:$AUTHZ_PORT
+
+  # edgeguard gatekeeper (dev mode: everyone is demo-user; policy envoy/demo/gatekeeper-policy.yaml):
+  # 200, a token for demo-user's own items with two columns, and the exact where/params/columns to send
+  curl -s -X POST '$GK/gatekeeper/items?columns=id,title'
+  # ... used through Envoy (jwt-shape verifies it with the gatekeeper's JWKS and binds every parameter): 200
+  curl -s -H "Authorization: Bearer $GK_TOKEN" '$GKSHAPE/v1/shape?offset=-1&$GK_QUERY'
+  # 403 from the gatekeeper: a column the policy does not allow
+  curl -si -X POST '$GK/gatekeeper/items?columns=id,secret'
+  # the public keys jwt-shape fetches; rotate with: $BIN gatekeeper rotate --key-dir $RUN_DIR/gatekeeper-keys --publish-delay 2m
+  curl -s '$GK/.well-known/jwks.json'
 
   # mint other tokens:  $BIN token --table todos --where 'owner = \$1' --params 1=alice --columns id,title
   # metrics:            curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep edgeguard

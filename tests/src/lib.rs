@@ -12,6 +12,7 @@ pub mod bench_native;
 pub mod bench_xds;
 pub mod envoy;
 pub mod flavour;
+pub mod gatekeeper;
 pub mod http;
 pub mod jwks_server;
 pub mod keys;

@@ -13,9 +13,10 @@ use edgeguard_tests::tools;
 
 fn make_run_prints_working_curl_lines(flavour: Flavour) {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
     let (port, ext, admin, authz, authz_http, echo) =
         (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
+    let (gatekeeper, gatekeeper_shape) = (ports[6], ports[7]);
     let mut child = Command::new(tools::root().join("envoy/demo/run.sh"))
         .env("EDGEGUARD_BIN", tools::edgeguard())
         .env("EDGEGUARD_ENVOY", tools::envoy())
@@ -25,6 +26,11 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         .env("EDGEGUARD_DEMO_AUTHZ_PORT", authz.to_string())
         .env("EDGEGUARD_DEMO_AUTHZ_HTTP_PORT", authz_http.to_string())
         .env("EDGEGUARD_DEMO_ECHO_PORT", echo.to_string())
+        .env("EDGEGUARD_DEMO_GATEKEEPER_PORT", gatekeeper.to_string())
+        .env(
+            "EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT",
+            gatekeeper_shape.to_string(),
+        )
         .env("EDGEGUARD_DEMO_DIR", dir.path())
         .env("EDGEGUARD_FLAVOUR", flavour.name())
         .env("EDGEGUARD_NATIVE_DIR", tools::native_dir())
@@ -67,8 +73,8 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         .collect();
     assert_eq!(
         commands.len(),
-        10,
-        "expected ten commands in:\n{}",
+        14,
+        "expected fourteen commands in:\n{}",
         lines.join("\n")
     );
 
@@ -178,6 +184,56 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         !foreign.contains("access-control-allow-origin"),
         "{foreign}"
     );
+    // edgeguard gatekeeper (development mode: everyone is demo-user): a token for demo-user's
+    // own items with the two columns asked for, and the exact request it allows
+    let answer = run(&commands[10]);
+    assert!(answer.ends_with("\n200"), "{answer}");
+    let answer: serde_json::Value =
+        serde_json::from_str(answer.trim_end_matches("200").trim()).unwrap();
+    assert_eq!(answer["where"], "owner_id = $1", "{answer}");
+    assert_eq!(
+        answer["params"],
+        serde_json::json!({"1": "demo-user"}),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["columns"],
+        serde_json::json!(["id", "title"]),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["url"],
+        format!("http://127.0.0.1:{gatekeeper_shape}/v1/shape")
+    );
+    // ... through Envoy: jwt-shape verified it with the gatekeeper's JWKS and let it through
+    let through = run(&commands[11]);
+    assert!(through.ends_with("\n200"), "{}: {through}", commands[11]);
+    assert!(
+        through.contains("\"x-edgeguard-sub\":[\"demo-user\"]"),
+        "{through}"
+    );
+    assert!(
+        through.contains("params%5B1%5D=demo-user")
+            && through.contains("secret=demo-electric-secret"),
+        "{through}"
+    );
+    // ... and a column the policy does not allow: 403 from the gatekeeper
+    let refused = run(&commands[12]);
+    assert!(refused.ends_with("\n403"), "{refused}");
+    assert!(refused.contains("column_not_allowed"), "{refused}");
+    let jwks = run(&commands[13]);
+    assert!(
+        jwks.ends_with("\n200") && jwks.contains("\"kty\":\"EC\""),
+        "{jwks}"
+    );
+    // the gatekeeper's routes on Envoy's listener (one origin for a browser)
+    let via_envoy = run(&format!(
+        "curl -s -X POST 'http://127.0.0.1:{gatekeeper_shape}/gatekeeper/items'"
+    ));
+    assert!(
+        via_envoy.ends_with("\n200") && via_envoy.contains("demo-user"),
+        "{via_envoy}"
+    );
 
     // no route lets a client forge a header a filter (or edgeguard authz) sets: each route gets
     // every owned header forged, and nothing forged reaches the upstream
@@ -222,7 +278,15 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    for p in [port, ext, authz, authz_http, echo] {
+    for p in [
+        port,
+        ext,
+        authz,
+        authz_http,
+        echo,
+        gatekeeper,
+        gatekeeper_shape,
+    ] {
         assert!(
             !wait_for_port(p, Duration::from_millis(300)),
             "port {p} still listening"

@@ -32,6 +32,9 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Serve Envoy its configuration over ADS (LDS/RDS/CDS/EDS/ECDS) from a YAML file.
     Xds(Box<edgeguard_xds::XdsArgs>),
+    /// Electric's gatekeeper: authenticate callers, decide their shape by policy, answer a
+    /// shape-scoped token signed with rotating keys (JWKS served); `rotate` writes a new key.
+    Gatekeeper(Box<edgeguard_gatekeeper::GatekeeperArgs>),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             rt.block_on(edgeguard_xds::run(*args))
                 .map_err(|e| e.to_string())
         }),
+        Command::Gatekeeper(args) => edgeguard_gatekeeper::main(*args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
