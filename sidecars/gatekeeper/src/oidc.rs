@@ -98,6 +98,7 @@ impl Oidc {
     pub fn new(config: OidcConfig, metrics: Arc<Metrics>) -> Result<Arc<Oidc>, OidcError> {
         let remote = RemoteJwks {
             cluster: String::new(),
+            https: false,
             authority: String::new(),
             path: String::new(),
             timeout_ms: u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX),
