@@ -29,6 +29,9 @@ ECHO_PORT=${EDGEGUARD_DEMO_ECHO_PORT:-18080}
 GATEKEEPER_PORT=${EDGEGUARD_DEMO_GATEKEEPER_PORT:-10003}
 GATEKEEPER_SHAPE_PORT=${EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT:-10004}
 GATEKEEPER_POLICY=${EDGEGUARD_DEMO_GATEKEEPER_POLICY:-$ROOT/envoy/demo/gatekeeper-policy.yaml}
+GATEKEEPER_TOKEN_TTL=${EDGEGUARD_DEMO_GATEKEEPER_TOKEN_TTL:-1h}
+# what plays Electric behind /v1/shape: the echo (default), or a real Electric on this port
+ELECTRIC_PORT=${EDGEGUARD_DEMO_ELECTRIC_PORT:-$ECHO_PORT}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
 # origins whose pages may call the demo (RE2, whole-origin match): local dev servers by default
 CORS_ORIGIN_REGEX=${EDGEGUARD_DEMO_CORS_ORIGIN_REGEX:-'https?://(localhost|127\.0\.0\.1)(:[0-9]+)?'}
@@ -62,7 +65,7 @@ trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM
 
 python3 envoy/render.py envoy/demo/envoy.yaml \
-  PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" \
+  PORT="$PORT" EXT_AUTHZ_PORT="$EXT_AUTHZ_PORT" ADMIN_PORT="$ADMIN_PORT" ECHO_PORT="$ECHO_PORT" ELECTRIC_PORT="$ELECTRIC_PORT" \
   AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
   FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" CORS_ORIGIN_REGEX="$CORS_ORIGIN_REGEX" \
   GATEKEEPER_PORT="$GATEKEEPER_PORT" GATEKEEPER_SHAPE_PORT="$GATEKEEPER_SHAPE_PORT" \
@@ -81,7 +84,7 @@ pids+=($!)
 # a rotated key is published 2 minutes before it signs (jwt-shape refreshes this JWKS every 60 s)
 EDGEGUARD_GATEKEEPER_DEV_ALLOW_ANYONE=true EDGEGUARD_GATEKEEPER_DEV_CLAIMS='{"sub":"demo-user"}' \
   "$BIN" gatekeeper --listen "127.0.0.1:$GATEKEEPER_PORT" --policy "$GATEKEEPER_POLICY" \
-  --key-dir "$RUN_DIR/gatekeeper-keys" --publish-delay 2m --issuer edgeguard-gatekeeper-demo --audience electric \
+  --key-dir "$RUN_DIR/gatekeeper-keys" --publish-delay 2m --token-ttl "$GATEKEEPER_TOKEN_TTL" --issuer edgeguard-gatekeeper-demo --audience electric \
   --shape-url "http://127.0.0.1:$GATEKEEPER_SHAPE_PORT/v1/shape" --public-url "http://127.0.0.1:$GATEKEEPER_PORT" \
   --log-format text > "$RUN_DIR/gatekeeper.log" 2>&1 &
 pids+=($!)

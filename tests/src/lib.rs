@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_authz;
 pub mod bench_native;
 pub mod bench_xds;
+pub mod demo;
 pub mod envoy;
 pub mod flavour;
 pub mod gatekeeper;

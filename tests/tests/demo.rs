@@ -3,59 +3,27 @@
 //! with either build of the filters (`EDGEGUARD_FLAVOUR`). Run on other ports so it does not
 //! collide with a real demo.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use edgeguard_tests::demo::{Demo, Ports};
 use edgeguard_tests::flavour::Flavour;
-use edgeguard_tests::process::{free_port, wait_for_port};
+use edgeguard_tests::process::wait_for_port;
 use edgeguard_tests::tools;
 
 fn make_run_prints_working_curl_lines(flavour: Flavour) {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
-    let (port, ext, admin, authz, authz_http, echo) =
-        (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
-    let (gatekeeper, gatekeeper_shape) = (ports[6], ports[7]);
-    let mut child = Command::new(tools::root().join("envoy/demo/run.sh"))
-        .env("EDGEGUARD_BIN", tools::edgeguard())
-        .env("EDGEGUARD_ENVOY", tools::envoy())
-        .env("EDGEGUARD_DEMO_PORT", port.to_string())
-        .env("EDGEGUARD_DEMO_EXT_AUTHZ_PORT", ext.to_string())
-        .env("EDGEGUARD_DEMO_ADMIN_PORT", admin.to_string())
-        .env("EDGEGUARD_DEMO_AUTHZ_PORT", authz.to_string())
-        .env("EDGEGUARD_DEMO_AUTHZ_HTTP_PORT", authz_http.to_string())
-        .env("EDGEGUARD_DEMO_ECHO_PORT", echo.to_string())
-        .env("EDGEGUARD_DEMO_GATEKEEPER_PORT", gatekeeper.to_string())
-        .env(
-            "EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT",
-            gatekeeper_shape.to_string(),
-        )
-        .env("EDGEGUARD_DEMO_DIR", dir.path())
-        .env("EDGEGUARD_FLAVOUR", flavour.name())
-        .env("EDGEGUARD_NATIVE_DIR", tools::native_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // a failed assertion must not leave the demo running (run.sh stops its children on TERM)
-    let _stop = StopOnDrop(child.id());
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut reader = BufReader::new(stdout).lines();
-    for line in reader.by_ref() {
-        let line = line.unwrap();
-        if line == "ready" {
-            break;
-        }
-        lines.push(line);
-        assert!(
-            Instant::now() < deadline,
-            "demo did not get ready:\n{}",
-            lines.join("\n")
-        );
-    }
+    let mut demo = Demo::start(flavour, &[]);
+    let Ports {
+        port,
+        ext,
+        authz,
+        authz_http,
+        echo,
+        gatekeeper,
+        gatekeeper_shape,
+        ..
+    } = demo.ports;
+    let lines = demo.lines.clone();
     assert!(
         lines
             .iter()
@@ -270,14 +238,11 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
     }
 
     // stopping the script stops everything it started
-    unsafe_kill(child.id(), 15);
-    let rest: Vec<String> = reader.map_while(Result::ok).collect();
+    let rest = demo.stop();
     assert!(
         rest.iter().any(|l| l.contains("edgeguard demo stopped")),
         "{rest:?}"
     );
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
     for p in [
         port,
         ext,
@@ -301,22 +266,6 @@ fn ok_token(cmd: &str) -> String {
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_default()
         .to_string()
-}
-
-struct StopOnDrop(u32);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        unsafe_kill(self.0, 15);
-    }
-}
-
-fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
 }
 
 edgeguard_tests::flavoured!(make_run_prints_working_curl_lines);
