@@ -1,9 +1,18 @@
 //! proxy-wasm glue: the root context owns the VM's state and runs the JWKS background work
 //! ([`crate::jwks`]) on its tick; HTTP contexts (one per request) decide with
 //! [`crate::engine`]. A request parked while keys load is decided again by the root, on the
-//! request's behalf, when they arrive. A `POST` to a bound shape route stops its headers and
-//! buffers its body (at most [`engine::MAX_BODY_BYTES`]) until the body has been checked; every
-//! other request is decided on its headers alone.
+//! request's behalf, when they arrive. A `POST` to a bound shape route buffers its body (at
+//! most [`engine::MAX_BODY_BYTES`]) until the body has been checked; every other request is
+//! decided on its headers alone.
+//!
+//! Unlike the native build, the wasm build lets the *headers* of such a POST go on before the
+//! body is checked: Envoy turns a proxy-wasm `Pause` on request headers into
+//! `StopAllIterationAndWatermark` (unless the Wasm filter sets `allow_on_headers_stop_iteration`,
+//! which Istio and Envoy Gateway cannot), and then hands this filter no body until the headers
+//! continue. So the headers continue, the body is held (`Pause` on body chunks buffers them),
+//! and a refused body ends the request with the local reply, which resets the upstream stream:
+//! Electric reads the whole body before it does anything with a POST, so it never acts on a
+//! refused one (the way proxy-wasm WAFs inspect bodies).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -144,9 +153,12 @@ impl Root {
                             }
                         },
                         None => {
+                            // the headers go on; Envoy hands the body to the context, which
+                            // holds and checks it
                             self.decided
                                 .borrow_mut()
                                 .insert(context, Decided::AwaitBody(check));
+                            let _ = hostcalls::resume_http_request();
                         }
                     }
                 }
@@ -422,13 +434,14 @@ impl HttpContext for Http {
                 Action::Pause
             }
             Outcome::CheckBody(check) => {
-                // stop the headers; the body is buffered and checked before anything goes on
                 self.body = Some(check);
                 if end_of_stream {
                     // no body at all
                     return self.check_body(0, true);
                 }
-                Action::Pause
+                // the headers go on (a Pause here would stop the body from reaching this
+                // filter, see the module's notes); the body is held and checked
+                Action::Continue
             }
         }
     }
