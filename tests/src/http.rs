@@ -123,6 +123,49 @@ pub fn request_bytes(
     parse(&raw)
 }
 
+/// Sends one request whose body goes out in `parts`, with `pause` between them (Envoy sees them
+/// as separate data frames), and reads the whole response. `Content-Length` is the total.
+pub fn request_in_parts(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    parts: &[&[u8]],
+    pause: Duration,
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("content-length: {total}\r\n\r\n"));
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        // a refused request may be answered (and closed) before the rest is sent
+        if s.write_all(part).is_err() {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    while !complete(&raw) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading response: {e}")),
+        }
+    }
+    parse(&raw)
+}
+
 /// Whether `raw` holds a whole response (headers plus a Content-Length or chunked body).
 fn complete(raw: &[u8]) -> bool {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {

@@ -65,6 +65,27 @@ pub fn edgeguard() -> PathBuf {
     from_env("EDGEGUARD_BIN", root().join("target/debug/edgeguard"))
 }
 
+/// The installed `@electric-sql/client` package folder (`make js-clients`).
+pub fn electric_client() -> PathBuf {
+    must_exist(
+        js_clients().join("node_modules/@electric-sql/client"),
+        "EDGEGUARD_JS_CLIENTS",
+    )
+}
+
+/// Node.js (`make js-clients` installs Debian's when missing).
+pub fn node() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("node"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("node not found on PATH (run the tests through `make test`, which installs it)")
+        })
+}
+
 /// grpcurl.
 pub fn grpcurl() -> PathBuf {
     from_env("EDGEGUARD_GRPCURL", root().join(".tools/bin/grpcurl"))

@@ -71,7 +71,11 @@ fn good(envoy: &Envoy, token: &str) {
 fn allowed_request_is_rewritten_for_electric(flavour: Flavour) {
     let echo = Echo::start();
     let envoy = start(flavour, &echo, &demo_config());
-    let token = items_token();
+    // a token that allows subsets: its subset__limit passes like the pagination parameters
+    let token = demo_key().sign(
+        "HS256",
+        &claims(json!({"namespace": null, "table": "items", "where": null, "columns": null, "subsets": true})),
+    );
     let r = envoy.get(
         "/v1/shape?table=items&offset=-1&secret=client-guess&api_secret=x&live=true&handle=1-0&cursor=9&subset__limit=5&cache-buster=1",
         &[
@@ -994,9 +998,500 @@ fn tokens_in_other_places_and_forwarding(flavour: Flavour) {
     assert_eq!(r.echoed("authorization"), Some(bearer(&t)));
 }
 
+// ------------------------------------------------------------------ subsets (issue 11 §3)
+
+/// The shape the subset tests' tokens cover.
+const SUBSET_SHAPE: &str = "/v1/shape?table=items&columns=id,title&offset=-1";
+
+fn subset_tokens() -> (String, String) {
+    let key = demo_key();
+    let allowed = key.sign(
+        "HS256",
+        &claims(json!({"table": "items", "columns": ["id", "title"], "subsets": true})),
+    );
+    let plain = key.sign(
+        "HS256",
+        &claims(json!({"table": "items", "columns": ["id", "title"]})),
+    );
+    (allowed, plain)
+}
+
+fn post(envoy: &Envoy, path: &str, token: &str, body: &str) -> Resp {
+    edgeguard_tests::http::request(
+        envoy.port,
+        "POST",
+        path,
+        &[
+            ("authorization", &bearer(token)),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+fn post_parts(port: u16, path: &str, token: &str, parts: &[&[u8]]) -> Resp {
+    edgeguard_tests::http::request_in_parts(
+        port,
+        "POST",
+        path,
+        &[
+            ("authorization", &bearer(token)),
+            ("content-type", "application/json"),
+        ],
+        parts,
+        Duration::from_millis(300),
+    )
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// After every refusal: a good GET, and a good subset POST whose body reaches upstream.
+fn good_subsets(envoy: &Envoy, items: &str, allowed: &str) {
+    good(envoy, items);
+    let body = r#"{"where": "id = $1", "params": {"1": "7"}}"#;
+    let r = post(envoy, SUBSET_SHAPE, allowed, body);
+    expect(&r, 200, "");
+    assert_eq!(r.json()["body"], body);
+}
+
+fn subset_requests_are_bound_to_the_token(flavour: Flavour) {
+    let echo = Echo::start();
+    let envoy = start(flavour, &echo, &demo_config());
+    let items = items_token();
+    let (allowed, plain) = subset_tokens();
+
+    // GET: granted columns reach Electric unchanged (plus the secret)
+    let q = "subset__where=%22title%22+ILIKE+%241+AND+id+%3E+2&subset__params=%7B%221%22%3A%22a%25%22%7D&subset__order_by=id+DESC+NULLS+LAST&subset__limit=5&subset__offset=0";
+    let r = envoy.get(
+        &format!("{SUBSET_SHAPE}&{q}"),
+        &[("authorization", &bearer(&allowed))],
+    );
+    expect(&r, 200, "");
+    assert_eq!(
+        r.echoed_path(),
+        format!("{SUBSET_SHAPE}&{q}&secret=demo-electric-secret")
+    );
+    assert_eq!(r.header("vary"), Some("Authorization"));
+
+    let refused: Vec<(&str, &str, u16, &str)> = vec![
+        (
+            plain.as_str(),
+            "subset__where=id+%3D+1",
+            403,
+            "token does not allow subset requests",
+        ),
+        (
+            plain.as_str(),
+            "subset__limit=1&subset__order_by=id",
+            403,
+            "token does not allow subset requests",
+        ),
+        (
+            allowed.as_str(),
+            "subset__where=salary+%3E+100000",
+            403,
+            "column 'salary'",
+        ),
+        (
+            allowed.as_str(),
+            "subset__where=id+%3E+0+OR+%22Salary%22+%3E+1",
+            403,
+            "column 'Salary'",
+        ),
+        (
+            allowed.as_str(),
+            "subset__order_by=salary+DESC&subset__limit=1",
+            403,
+            "column 'salary'",
+        ),
+        (
+            allowed.as_str(),
+            "subset__where=id+%3D+1+--+x",
+            403,
+            "comments are not accepted",
+        ),
+        (
+            allowed.as_str(),
+            "subset__where=id+IN+(SELECT+id+FROM+secrets)",
+            403,
+            "key word SELECT",
+        ),
+        (
+            allowed.as_str(),
+            "subset[where]=salary+%3E+1",
+            400,
+            "unknown subset parameter",
+        ),
+        (
+            allowed.as_str(),
+            "subset__where=id&subset__where=title",
+            400,
+            "'subset__where' is given more than once",
+        ),
+        (
+            allowed.as_str(),
+            "subset__wh%65re=salary",
+            400,
+            "must not be percent-encoded",
+        ),
+        (
+            allowed.as_str(),
+            "subset__limit=-1",
+            400,
+            "invalid parameter 'subset__limit'",
+        ),
+    ];
+    for (token, q, status, msg) in refused {
+        let r = envoy.get(
+            &format!("{SUBSET_SHAPE}&{q}"),
+            &[("authorization", &bearer(token))],
+        );
+        expect(&r, status, msg);
+        if status == 403 {
+            assert!(r
+                .header("www-authenticate")
+                .unwrap_or_default()
+                .contains("insufficient_scope"));
+        }
+        good_subsets(&envoy, &items, &allowed);
+    }
+
+    // POST: the body is checked like the query, and reaches Electric byte for byte
+    let body = json!({"where": "\"title\" = $1", "params": {"1": "x"}, "order_by": "id", "limit": 3,
+        "where_expr": {"type": "func", "name": "eq", "args": [{"type": "ref", "column": "title"}, {"type": "val", "paramIndex": 1}]}})
+    .to_string();
+    let r = post(&envoy, SUBSET_SHAPE, &allowed, &body);
+    expect(&r, 200, "");
+    let echoed = r.json();
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["body"], body.as_str());
+    assert_eq!(
+        r.echoed_path(),
+        format!("{SUBSET_SHAPE}&secret=demo-electric-secret")
+    );
+    assert_eq!(r.header("vary"), Some("Authorization"));
+    // no body, or `{}`: not a subset request, so no grant needed
+    for b in ["", "{}"] {
+        let r = post(&envoy, SUBSET_SHAPE, &plain, b);
+        expect(&r, 200, "");
+    }
+    let big = "x".repeat(70 * 1024);
+    let bodies: Vec<(&str, String, u16, &str)> = vec![
+        (
+            plain.as_str(),
+            json!({"where": "id = 1"}).to_string(),
+            403,
+            "token does not allow subset requests",
+        ),
+        (
+            plain.as_str(),
+            json!({"limit": 1}).to_string(),
+            403,
+            "token does not allow subset requests",
+        ),
+        (
+            allowed.as_str(),
+            json!({"where": "salary > 100000"}).to_string(),
+            403,
+            "column 'salary'",
+        ),
+        (
+            allowed.as_str(),
+            json!({"order_by": "salary DESC", "limit": 1}).to_string(),
+            403,
+            "column 'salary'",
+        ),
+        (
+            allowed.as_str(),
+            json!({"where_expr": {"type": "ref", "column": "salary"}}).to_string(),
+            403,
+            "column 'salary'",
+        ),
+        (
+            allowed.as_str(),
+            json!({"where": "id = 1 /* */"}).to_string(),
+            403,
+            "comments",
+        ),
+        (
+            allowed.as_str(),
+            json!({"table": "secrets"}).to_string(),
+            400,
+            "key 'table' is not a subset parameter",
+        ),
+        (
+            allowed.as_str(),
+            json!({"where": "id = 1", "columns": "id,salary"}).to_string(),
+            400,
+            "key 'columns'",
+        ),
+        (
+            allowed.as_str(),
+            json!({"secret": "guess"}).to_string(),
+            400,
+            "key 'secret'",
+        ),
+        (
+            allowed.as_str(),
+            r#"{"where": "id = 1", "where": "salary > 1"}"#.to_string(),
+            400,
+            "given more than once",
+        ),
+        (
+            allowed.as_str(),
+            "{not json".to_string(),
+            400,
+            "request body is not valid JSON",
+        ),
+        (
+            allowed.as_str(),
+            "[1, 2]".to_string(),
+            400,
+            "must be a JSON object",
+        ),
+        (
+            allowed.as_str(),
+            json!({"where": big}).to_string(),
+            413,
+            "request body is larger than 65536 bytes",
+        ),
+    ];
+    for (token, body, status, msg) in bodies {
+        let r = post(&envoy, SUBSET_SHAPE, token, &body);
+        expect(&r, status, msg);
+        good_subsets(&envoy, &items, &allowed);
+    }
+    // a POST refused on its query never gets to its body
+    let r = post(
+        &envoy,
+        &format!("{SUBSET_SHAPE}&subset__where=salary+%3E+1"),
+        &allowed,
+        "{}",
+    );
+    expect(&r, 403, "column 'salary'");
+
+    // a body in several data frames is checked whole: a 44 KiB IN list of granted ids passes,
+    // the same with a hidden column at its very end does not
+    let ids: Vec<String> = (0..9000).map(|i| i.to_string()).collect();
+    let long = format!("{{\"where\": \"id IN ({})\"}}", ids.join(","));
+    let (a, b) = long.as_bytes().split_at(long.len() / 2);
+    let r = post_parts(envoy.port, SUBSET_SHAPE, &allowed, &[a, b]);
+    expect(&r, 200, "");
+    assert_eq!(r.json()["body"], long.as_str());
+    let hidden = format!("{{\"where\": \"id IN ({}) OR salary > 1\"}}", ids.join(","));
+    let (a, b) = hidden.as_bytes().split_at(hidden.len() / 2);
+    let r = post_parts(envoy.port, SUBSET_SHAPE, &allowed, &[a, b]);
+    expect(&r, 403, "column 'salary'");
+    good_subsets(&envoy, &items, &allowed);
+
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_subset_not_allowed") >= 4.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_subset_column") >= 8.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_subset_unsupported") >= 3.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_bad_body") >= 6.0);
+    assert!(envoy.metric("edgeguard_jwt_shape_denied_body_too_large") >= 1.0);
+}
+
+/// A POST that waits for signing keys (unknown kid, refetch) keeps its body and is decided
+/// with it: the body already complete when the keys arrive, or arriving afterwards.
+fn subset_post_waits_for_keys(flavour: Flavour) {
+    let a = keys::rsa_a();
+    let server = JwksServer::start(&jwks(&[a.jwk(Some("RS256"))]));
+    let echo = Echo::start();
+    let config = json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test",
+            "remote_jwks": {"cluster": "jwks", "uri": "http://idp.test/.well-known/jwks.json",
+                "timeout_ms": 2000, "refresh_interval_s": 600, "retry_interval_s": 1,
+                "unknown_kid_refetch_interval_s": 1}
+        }},
+        "rules": [{"match": {"path": "/v1/shape"}, "provider": "idp", "bind_shape": true}]
+    })
+    .to_string();
+    let filter = flavour.filter("jwt_shape", &config, &[]);
+    let mut cfg = EnvoyConfig::new(echo.port, vec![filter]);
+    cfg.clusters.push(cluster("jwks", server.port));
+    let envoy = Envoy::start(&cfg);
+    let shape = json!({"table": "items", "columns": ["id", "title"], "subsets": true});
+    let claims =
+        json!({"iss": "https://idp.test", "sub": "bob", "exp": now() + 600, "shape": shape});
+    let ta = a.sign("RS256", &claims);
+    let r = envoy.get(SUBSET_SHAPE, &[("authorization", &bearer(&ta))]);
+    expect(&r, 200, "");
+
+    let ok_body: &[u8] = br#"{"where": "title = $1", "params": {"1": "x"}}"#;
+    let hidden_body: &[u8] = br#"{"where": "salary > $1", "params": {"1": "1"}}"#;
+    let mut published = vec![a.jwk(Some("RS256"))];
+    let cases: Vec<(u64, &[u8], bool, u16)> = vec![
+        // (key seed, body, body sent 300 ms after the headers, status)
+        (11, ok_body, false, 200),
+        (12, hidden_body, false, 403),
+        (13, ok_body, true, 200),
+        (14, hidden_body, true, 403),
+    ];
+    for (seed, body, late, status) in cases {
+        // a new key the filter does not know yet: the request waits for the refetch
+        std::thread::sleep(Duration::from_millis(1100));
+        let k = TestKey::p256(&format!("ec-{seed}"), seed);
+        published.push(k.jwk(Some("ES256")));
+        server.serve(&jwks(&published));
+        let t = k.sign("ES256", &claims);
+        let parts: Vec<&[u8]> = if late {
+            vec![&b""[..], body]
+        } else {
+            vec![body]
+        };
+        let r = post_parts(envoy.port, SUBSET_SHAPE, &t, &parts);
+        expect(
+            &r,
+            status,
+            if status == 403 { "column 'salary'" } else { "" },
+        );
+        if status == 200 {
+            assert_eq!(r.json()["body"], &*String::from_utf8_lossy(body));
+        }
+    }
+    assert!(server.hits() >= 5, "the refetches happened");
+}
+
+/// Electric's own client (`@electric-sql/client`, from npm) through Envoy and jwt-shape to the
+/// Electric stand-in: `requestSnapshot` / `fetchSnapshot` get the rows of allowed subsets
+/// (GET and POST, SQL and structured), and the refusals surface as the client's 403 errors;
+/// the stand-in never sees a refused request. Tokens from `edgeguard token --subsets`.
+fn electric_client_snapshots_through_jwt_shape(flavour: Flavour) {
+    let client = tools::electric_client();
+    let node = tools::node();
+    let standin_dir = tools::root().join("tests/electric-standin");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = std::process::Command::new(&node);
+    cmd.arg(standin_dir.join("server.mjs")).args([
+        "--port",
+        &port.to_string(),
+        "--secret",
+        "standin-secret",
+        "--live-hold-ms",
+        "300",
+    ]);
+    let _standin = edgeguard_tests::process::Proc::spawn(
+        "electric stand-in",
+        cmd,
+        &dir.path().join("standin.log"),
+    );
+    assert!(
+        edgeguard_tests::process::wait_for_port(port, Duration::from_secs(10)),
+        "the stand-in did not start"
+    );
+    let config = json!({
+        "providers": {"demo": {"issuer": "edgeguard-demo", "audiences": ["electric"],
+            "hmac": {"secret": DEMO_SECRET}}},
+        "rules": [{"match": {"path": "/v1/shape", "methods": ["GET", "POST"]}, "provider": "demo", "bind_shape": true}],
+        "shape": {"electric_secret": "standin-secret"}
+    })
+    .to_string();
+    let filter = flavour.filter("jwt_shape", &config, &[]);
+    let envoy = Envoy::start(&EnvoyConfig::new(port, vec![filter]));
+
+    let mint = |extra: &[&str]| {
+        let out = std::process::Command::new(tools::edgeguard())
+            .args([
+                "token",
+                "--table",
+                "items",
+                "--columns",
+                "id,title,priority",
+                "--log",
+                "changes_only",
+            ])
+            .args(extra)
+            .output()
+            .expect("edgeguard token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let with_subsets = mint(&["--subsets"]);
+    let plain = mint(&[]);
+
+    let mut cmd = std::process::Command::new(&node);
+    cmd.arg(standin_dir.join("client-test.mjs"))
+        .env("EDGEGUARD_ELECTRIC_CLIENT", &client)
+        .env(
+            "SHAPE_URL",
+            format!("http://127.0.0.1:{}/v1/shape", envoy.port),
+        )
+        .env("TOKEN_SUBSETS", &with_subsets)
+        .env("TOKEN_PLAIN", &plain);
+    let mut run =
+        edgeguard_tests::process::Proc::spawn("client test", cmd, &dir.path().join("client.log"));
+    let code = run.wait_exit(Duration::from_secs(120));
+    let out = run.log_text();
+    assert_eq!(
+        code,
+        Some(0),
+        "the client test failed:
+{out}"
+    );
+    assert!(out.contains("11 passed, 0 failed"), "{out}");
+
+    // what reached "Electric": subsets on granted columns (GET and POST), each with the secret
+    // jwt-shape injected; never one of the refused requests
+    let seen = edgeguard_tests::http::get(port, "/__standin/requests", &[]).unwrap();
+    let seen: Vec<Value> = serde_json::from_str(&seen.body).unwrap();
+    assert!(!seen.is_empty());
+    let mut subset_gets = 0;
+    let mut subset_posts = 0;
+    for req in &seen {
+        let url = req["url"].as_str().unwrap();
+        if req["complete"] != true {
+            // the wasm build lets the headers of a POST go on while it checks the body; a
+            // refused body never follows (the stream is reset), so Electric never reads it
+            assert_eq!(flavour, Flavour::Wasm, "an incomplete request: {req}");
+            assert_eq!(req["method"], "POST");
+            assert!(req["body"].is_null());
+            continue;
+        }
+        let body = req["body"].as_str().unwrap();
+        let decoded = url.replace("%22", "\"").replace('+', " ");
+        assert!(
+            !decoded.to_lowercase().contains("salary") && !body.contains("salary"),
+            "a refused subset reached the stand-in: {url} {body}"
+        );
+        assert!(url.contains("secret=standin-secret"), "{url}");
+        if url.contains("subset__where") {
+            subset_gets += 1;
+        }
+        if req["method"] == "POST" && body.contains("where") {
+            subset_posts += 1;
+        }
+    }
+    assert!(subset_gets >= 3, "{seen:?}");
+    assert!(subset_posts >= 2, "{seen:?}");
+    // ... while the stand-in, like Electric before queryable_columns, would have answered it
+    let direct = edgeguard_tests::http::get(
+        port,
+        "/v1/shape?table=items&columns=id,title&offset=-1&secret=standin-secret&subset__where=salary+%3E+100000",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(direct.status, 200, "{}", direct.body);
+    let rows: Vec<String> = direct.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows, vec!["1", "3", "4"], "the leak jwt-shape prevents");
+}
+
 edgeguard_tests::flavoured!(
     allowed_request_is_rewritten_for_electric,
     token_failures_are_401_and_leave_the_filter_working,
+    subset_requests_are_bound_to_the_token,
+    subset_post_waits_for_keys,
+    electric_client_snapshots_through_jwt_shape,
     shape_binding_403_and_400,
     preflight_passes_other_options_do_not,
     every_algorithm_family,

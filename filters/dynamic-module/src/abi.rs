@@ -96,6 +96,15 @@ pub const HEADER_TYPE_REQUEST_TRAILER: HeaderType = 1;
 pub const HEADER_TYPE_RESPONSE_HEADER: HeaderType = 2;
 pub const HEADER_TYPE_RESPONSE_TRAILER: HeaderType = 3;
 
+/// `envoy_dynamic_module_type_http_body_type`: which view of a body. The *received* body is
+/// the chunk of the current body hook (only there); the *buffered* body is what this filter's
+/// earlier body hooks kept with `StopIterationAndBuffer` (Envoy's decoding/encoding buffer).
+pub type BodyType = u32;
+pub const BODY_TYPE_RECEIVED_REQUEST: BodyType = 0;
+pub const BODY_TYPE_BUFFERED_REQUEST: BodyType = 1;
+pub const BODY_TYPE_RECEIVED_RESPONSE: BodyType = 2;
+pub const BODY_TYPE_BUFFERED_RESPONSE: BodyType = 3;
+
 /// `envoy_dynamic_module_type_log_level` (Envoy's spdlog levels).
 pub type LogLevel = u32;
 pub const LOG_LEVEL_TRACE: LogLevel = 0;
@@ -236,6 +245,35 @@ extern "C" {
         header_type: HeaderType,
         key: ModuleBuffer,
         value: ModuleBuffer,
+    ) -> bool;
+
+    // ---- request/response bodies of one stream
+
+    /// Bytes in the body view `body_type` (0 when it is unavailable or empty).
+    pub fn envoy_dynamic_module_callback_http_get_body_size(
+        filter_envoy_ptr: HttpFilterEnvoyPtr,
+        body_type: BodyType,
+    ) -> usize;
+
+    /// Number of chunks (slices) of the body view `body_type` (0 when unavailable or empty).
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter_envoy_ptr: HttpFilterEnvoyPtr,
+        body_type: BodyType,
+    ) -> usize;
+
+    /// Writes the chunks of `body_type` into `result_buffer_vector`, which must hold
+    /// `..._get_body_chunks_size` entries; `false` when the view is unavailable. The bytes stay
+    /// valid until the end of the hook unless the body is changed.
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter_envoy_ptr: HttpFilterEnvoyPtr,
+        body_type: BodyType,
+        result_buffer_vector: *mut EnvoyBuffer,
+    ) -> bool;
+
+    /// Whether the received request body *is* the buffered one (a filter before this one
+    /// buffered the body and resumed: the chunk handed over is the whole buffer).
+    pub fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter_envoy_ptr: HttpFilterEnvoyPtr,
     ) -> bool;
 
     // ---- local reply, flow control
@@ -484,6 +522,10 @@ pub const IMPORTED: &[&str] = &[
     "envoy_dynamic_module_callback_http_get_headers",
     "envoy_dynamic_module_callback_http_set_header",
     "envoy_dynamic_module_callback_http_add_header",
+    "envoy_dynamic_module_callback_http_get_body_size",
+    "envoy_dynamic_module_callback_http_get_body_chunks_size",
+    "envoy_dynamic_module_callback_http_get_body_chunks",
+    "envoy_dynamic_module_callback_http_received_buffered_request_body",
     "envoy_dynamic_module_callback_http_send_response",
     "envoy_dynamic_module_callback_http_filter_continue_decoding",
     "envoy_dynamic_module_callback_http_filter_continue_encoding",

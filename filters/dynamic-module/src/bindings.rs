@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
 use crate::types::{
-    internal_error_body, local_reply_status, panic_message, Attribute, CalloutInitError,
+    internal_error_body, local_reply_status, panic_message, Attribute, BodyKind, CalloutInitError,
     CalloutResponse, CalloutResult, CounterId, GaugeId, HeaderMap, HistogramId, LogLevel,
     MetricsError,
 };
@@ -349,6 +349,70 @@ impl EnvoyHttpFilter {
 
     pub fn remove_response_header(&mut self, name: &[u8]) -> bool {
         self.remove_header(HeaderMap::ResponseHeaders, name)
+    }
+
+    /// Bytes in one view of the stream's body (0 when that view is unavailable or empty).
+    pub fn body_size(&self, body: BodyKind) -> usize {
+        // SAFETY: live filter (I1); no pointers besides it.
+        unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(self.ptr, body.to_abi()) }
+    }
+
+    /// The chunks of one view of the stream's body, in order (empty when that view is
+    /// unavailable or empty). They borrow Envoy's buffer: valid while `self` is borrowed.
+    pub fn body_chunks(&self, body: BodyKind) -> Vec<&[u8]> {
+        // SAFETY: live filter (I1).
+        let count = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, body.to_abi())
+        };
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut raw = vec![EnvoyBuffer::NULL; count];
+        // SAFETY: live filter (I1); `raw` holds exactly `count` entries, the number Envoy just
+        // gave for this view, which nothing can change before this call (same thread, same
+        // hook, no setter in between), as the ABI's precondition requires.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                self.ptr,
+                body.to_abi(),
+                raw.as_mut_ptr(),
+            )
+        };
+        if !ok {
+            return Vec::new();
+        }
+        // SAFETY: Envoy filled `raw` with buffers valid until the end of the hook unless the
+        // body changes, which needs `&mut self` (I4).
+        unsafe { envoy_chunks(raw.as_ptr(), raw.len()) }
+    }
+
+    /// Whether the chunk handed to the current request-body hook is the buffered body itself
+    /// (a filter before this one buffered the body and resumed).
+    pub fn received_buffered_request_body(&self) -> bool {
+        // SAFETY: live filter (I1).
+        unsafe { abi::envoy_dynamic_module_callback_http_received_buffered_request_body(self.ptr) }
+    }
+
+    /// The request body held for this filter so far, as chunks in order: what its earlier body
+    /// hooks buffered, then the chunk of the current body hook (counted once when that chunk
+    /// is the buffer itself). Outside a body hook only the buffered part exists.
+    pub fn request_body_chunks(&self) -> Vec<&[u8]> {
+        let received = self.body_chunks(BodyKind::ReceivedRequest);
+        if self.received_buffered_request_body() {
+            return received;
+        }
+        let mut chunks = self.body_chunks(BodyKind::BufferedRequest);
+        chunks.extend(received);
+        chunks
+    }
+
+    /// The size of [`Self::request_body_chunks`] without reading them.
+    pub fn request_body_size(&self) -> usize {
+        let received = self.body_size(BodyKind::ReceivedRequest);
+        if self.received_buffered_request_body() {
+            return received;
+        }
+        received.saturating_add(self.body_size(BodyKind::BufferedRequest))
     }
 
     /// Answers the request locally (Envoy's `sendLocalReply`) with `status` (200–599; anything

@@ -48,8 +48,8 @@ pub use bindings::{
 };
 pub use ticker::{Commit, Ticker};
 pub use types::{
-    Attribute, BodyStatus, CalloutInitError, CalloutResponse, CalloutResult, CounterId, GaugeId,
-    HeaderMap, HeadersStatus, HistogramId, LogLevel, MetricsError, TrailersStatus,
+    Attribute, BodyKind, BodyStatus, CalloutInitError, CalloutResponse, CalloutResult, CounterId,
+    GaugeId, HeaderMap, HeadersStatus, HistogramId, LogLevel, MetricsError, TrailersStatus,
 };
 
 /// A filter configuration: created once per Envoy filter configuration on the main thread by

@@ -112,6 +112,27 @@ impl HeaderMap {
     }
 }
 
+/// Which view of a stream's body: the chunk of the current body hook (`Received*`, only during
+/// that hook) or what this filter buffered so far (`Buffered*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    ReceivedRequest,
+    BufferedRequest,
+    ReceivedResponse,
+    BufferedResponse,
+}
+
+impl BodyKind {
+    pub(crate) fn to_abi(self) -> abi::BodyType {
+        match self {
+            BodyKind::ReceivedRequest => abi::BODY_TYPE_RECEIVED_REQUEST,
+            BodyKind::BufferedRequest => abi::BODY_TYPE_BUFFERED_REQUEST,
+            BodyKind::ReceivedResponse => abi::BODY_TYPE_RECEIVED_RESPONSE,
+            BodyKind::BufferedResponse => abi::BODY_TYPE_BUFFERED_RESPONSE,
+        }
+    }
+}
+
 /// Stream and connection attributes Envoy can answer (CEL attribute names in the docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attribute {

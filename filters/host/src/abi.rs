@@ -1,7 +1,8 @@
-//! The proxy-wasm header-map imports, declared here so header values (and names) are read as
-//! bytes: the SDK's `get_map`/`get_map_value` (and even `get_map_bytes`, for names) turn the
-//! bytes into `String` with `unwrap()`, and a Latin-1 byte in a header would panic the VM.
-//! The SDK also panics on a status it does not expect; these return it instead.
+//! The proxy-wasm header-map and buffer imports, declared here so header values (and names)
+//! are read as bytes: the SDK's `get_map`/`get_map_value` (and even `get_map_bytes`, for names)
+//! turn the bytes into `String` with `unwrap()`, and a Latin-1 byte in a header would panic the
+//! VM. The SDK also panics on a status it does not expect (`get_buffer`, and
+//! `get_http_request_body` unwraps on top); these return it instead.
 //!
 //! This is the only `unsafe` code of the filters. Each block says why it is sound.
 
@@ -9,7 +10,7 @@
 
 use std::ptr::null_mut;
 
-use proxy_wasm::types::MapType;
+use proxy_wasm::types::{BufferType, MapType};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -25,10 +26,19 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
 }
 
 /// proxy-wasm `Status::Ok`.
 const OK: u32 = 0;
+/// proxy-wasm `Status::NotFound`.
+const NOT_FOUND: u32 = 1;
 
 /// Takes ownership of a buffer the host filled through the module's allocator.
 ///
@@ -72,4 +82,23 @@ pub fn header_map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
     // SAFETY: as in `header_map_pairs`.
     let buffer = unsafe { take_buffer(data, size) };
     (status == OK).then_some(buffer)
+}
+
+/// Bytes `start .. start + max_size` of a host buffer (fewer when it holds fewer): `Some(empty)`
+/// when the buffer is absent or empty (`NotFound`), `None` when the host refuses the call with
+/// another status (a wrong context or phase). Never panics.
+pub fn buffer_bytes(buffer: BufferType, start: usize, max_size: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the out-pointers point at live locals of the right types; the host writes a
+    // buffer pointer and its size there (or leaves them null/0) and reads nothing else.
+    let status = unsafe { proxy_get_buffer_bytes(buffer, start, max_size, &mut data, &mut size) };
+    // SAFETY: as in `header_map_pairs`: the host handed over a buffer from our allocator (or
+    // null), which is taken back even when the status says the call failed.
+    let bytes = unsafe { take_buffer(data, size) };
+    match status {
+        OK => Some(bytes),
+        NOT_FOUND => Some(Vec::new()),
+        _ => None,
+    }
 }

@@ -120,6 +120,13 @@ pub trait Host {
     fn set_response_header(&self, name: &str, value: &[u8]);
     /// Answers the request locally; the request does not go upstream.
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str);
+    /// The request body the proxy holds for this filter: what earlier request-body callbacks
+    /// buffered plus the chunk being handed over now (all of it once the stream ended), at
+    /// most `max` bytes. `None` when the host cannot read it. Only a filter that keeps the
+    /// request in its body phase (it stopped the headers and buffers the body) calls this,
+    /// from a request-body callback, or after the body ended while the request waited;
+    /// requests decided on their headers never touch the body.
+    fn request_body(&self, max: usize) -> Option<Vec<u8>>;
     /// Answers locally with edgeguard's JSON error body.
     fn send_json_error(&self, status: u32, message: &str) {
         let body =
@@ -370,11 +377,15 @@ impl Reply {
     }
 }
 
-/// An in-memory host for unit tests: request and response header maps, the reply sent, log
-/// lines and counters.
+/// An in-memory host for unit tests: request and response header maps, the request body, the
+/// reply sent, log lines and counters.
 #[derive(Debug, Default)]
 pub struct TestHost {
     pub headers: RefCell<Vec<(String, Vec<u8>)>>,
+    /// The request body the host holds (`None`: the host cannot read it).
+    pub body: RefCell<Option<Vec<u8>>>,
+    /// How many times the body was read.
+    pub body_reads: std::cell::Cell<usize>,
     pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
     pub reply: RefCell<Option<Reply>>,
     pub logs: RefCell<Vec<(Level, String)>>,
@@ -397,6 +408,12 @@ impl TestHost {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
             .collect();
         host
+    }
+
+    /// The same host holding `body` as the request body.
+    pub fn with_body(self, body: &[u8]) -> TestHost {
+        *self.body.borrow_mut() = Some(body.to_vec());
+        self
     }
 
     /// A request header as text (lossy), for assertions.
@@ -468,6 +485,14 @@ impl Host for TestHost {
         });
     }
 
+    fn request_body(&self, max: usize) -> Option<Vec<u8>> {
+        self.body_reads.set(self.body_reads.get() + 1);
+        self.body
+            .borrow()
+            .as_ref()
+            .map(|b| b.get(..max.min(b.len())).unwrap_or_default().to_vec())
+    }
+
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
     }
@@ -537,6 +562,11 @@ mod tests {
         assert_eq!(header_text(&raw, "x"), Ok(None));
         raw.set_response_header("Vary", b"a\xff");
         assert_eq!(raw.response_header("vary").as_deref(), Some(&b"a\xff"[..]));
+        assert_eq!(raw.request_body(10), None);
+        let b = TestHost::default().with_body(b"{\"where\": 1}");
+        assert_eq!(b.request_body(3).as_deref(), Some(&b"{\"w"[..]));
+        assert_eq!(b.request_body(100).map(|v| v.len()), Some(12));
+        assert_eq!(b.body_reads.get(), 2);
     }
 
     fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {

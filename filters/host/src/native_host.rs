@@ -203,8 +203,29 @@ impl Host for NativeHost<'_> {
             .send_response(status, &headers, body.as_bytes());
     }
 
+    fn request_body(&self, max: usize) -> Option<Vec<u8>> {
+        let filter = self.filter.borrow();
+        let mut out = Vec::new();
+        for chunk in filter.request_body_chunks() {
+            let room = max.saturating_sub(out.len());
+            if room == 0 {
+                break;
+            }
+            out.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        }
+        Some(out)
+    }
+
     fn log(&self, level: Level, message: &str) {
         native_log(level, message);
+    }
+}
+
+impl NativeHost<'_> {
+    /// The size of the request body [`Host::request_body`] reads (what this filter buffered
+    /// plus the chunk of the current body hook).
+    pub fn request_body_size(&self) -> usize {
+        self.filter.borrow().request_body_size()
     }
 }
 

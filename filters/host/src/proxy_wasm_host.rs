@@ -74,6 +74,12 @@ impl Host for ProxyWasmHost {
         }
     }
 
+    fn request_body(&self, max: usize) -> Option<Vec<u8>> {
+        // In a body callback (or after one returned Pause) Envoy hands over the buffered body
+        // including the chunk just received.
+        crate::abi::buffer_bytes(proxy_wasm::types::BufferType::HttpRequestBody, 0, max)
+    }
+
     fn log(&self, level: Level, message: &str) {
         log_line(level, message);
     }

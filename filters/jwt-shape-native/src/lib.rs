@@ -4,7 +4,9 @@
 //! provider, one verified-token cache, fetched by one background owner (a ticker thread that
 //! wakes the configuration on Envoy's main thread, where JWKS calls start and their answers
 //! arrive). A request that waits for keys parks with its stream's scheduler and is decided
-//! again on its own worker when they arrive.
+//! again on its own worker when they arrive. A `POST` to a bound shape route stops its headers
+//! and buffers its body (at most [`engine::MAX_BODY_BYTES`]) until the body has been checked;
+//! every other request is decided on its headers alone.
 //!
 //! Environment variables (`secret_env`, `electric_secret_env`) are read from Envoy's process
 //! environment (a native module has no VM environment to filter them).
@@ -13,16 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use edgeguard_dynamic_module::{
-    declare_http_filter, CalloutResponse, CalloutResult, ConfigEnv, ConfigScheduler,
+    declare_http_filter, BodyStatus, CalloutResponse, CalloutResult, ConfigEnv, ConfigScheduler,
     EnvoyFilterConfig, EnvoyHttpFilter, Filter, FilterConfig, FilterScheduler, HeadersStatus,
-    Ticker,
+    Ticker, TrailersStatus,
 };
 use edgeguard_host::{
     callout_answer, native_log, native_now, Host, Level, NativeBackground, NativeHost,
     NativeMetrics, ProcessEnv,
 };
 use jwt_shape::config::Config;
-use jwt_shape::engine::{self, Outcome};
+use jwt_shape::engine::{self, BodyCheck, BodyOutcome, Outcome};
 use jwt_shape::state::Shared;
 use jwt_shape::{jwks, metrics};
 
@@ -99,6 +101,8 @@ impl FilterConfig for JwtShape {
             id: self.state.next_stream.fetch_add(1, Ordering::Relaxed),
             vary: false,
             parked: false,
+            body: None,
+            body_ended: false,
         })
     }
 
@@ -146,6 +150,10 @@ struct Stream {
     /// Add `Vary: Authorization` to the response.
     vary: bool,
     parked: bool,
+    /// The body must pass this check before the request goes on.
+    body: Option<BodyCheck>,
+    /// The request ended (body and trailers all arrived) while it was parked.
+    body_ended: bool,
 }
 
 impl Stream {
@@ -154,13 +162,31 @@ impl Stream {
         let host = NativeHost::new(f, &s.metrics);
         engine::on_request(&s.config, &s.shared, &host, &host, native_now(), may_wait)
     }
+
+    /// Runs the body check of a request that stopped for it (`None`: there is none).
+    fn check_body(&mut self, f: &mut EnvoyHttpFilter, end_of_stream: bool) -> Option<BodyOutcome> {
+        let check = self.body.clone()?;
+        let s = Arc::clone(&self.state);
+        let host = NativeHost::new(f, &s.metrics);
+        let size = host.request_body_size();
+        let out = engine::on_request_body(&host, &host, &check, size, end_of_stream);
+        match out {
+            BodyOutcome::Buffer => {}
+            BodyOutcome::Allowed => {
+                self.vary = check.vary;
+                self.body = None;
+            }
+            BodyOutcome::Denied => self.body = None,
+        }
+        Some(out)
+    }
 }
 
 impl Filter for Stream {
     fn on_request_headers(
         &mut self,
         f: &mut EnvoyHttpFilter,
-        _end_of_stream: bool,
+        end_of_stream: bool,
     ) -> HeadersStatus {
         match self.decide(f, true) {
             Outcome::Allowed { vary } => {
@@ -175,12 +201,49 @@ impl Filter for Stream {
                     .is_some_and(|scheduler| s.shared.park(self.id, provider, scheduler));
                 if parked {
                     self.parked = true;
+                    self.body_ended = end_of_stream;
                 } else {
                     let host = NativeHost::new(f, &s.metrics);
                     engine::too_many_waiting(&host, &host);
                 }
                 HeadersStatus::StopIteration
             }
+            Outcome::CheckBody(check) => {
+                // stop the headers; the body is buffered and checked before anything goes on
+                self.body = Some(check);
+                if end_of_stream {
+                    // no body at all
+                    if let Some(BodyOutcome::Allowed) = self.check_body(f, true) {
+                        return HeadersStatus::Continue;
+                    }
+                }
+                HeadersStatus::StopIteration
+            }
+        }
+    }
+
+    fn on_request_body(&mut self, f: &mut EnvoyHttpFilter, end_of_stream: bool) -> BodyStatus {
+        if self.parked {
+            // keys are loading: keep the body until the request is decided
+            self.body_ended = end_of_stream;
+            return BodyStatus::StopIterationAndBuffer;
+        }
+        match self.check_body(f, end_of_stream) {
+            None | Some(BodyOutcome::Allowed) => BodyStatus::Continue,
+            Some(BodyOutcome::Buffer) => BodyStatus::StopIterationAndBuffer,
+            Some(BodyOutcome::Denied) => BodyStatus::StopIterationNoBuffer,
+        }
+    }
+
+    fn on_request_trailers(&mut self, f: &mut EnvoyHttpFilter) -> TrailersStatus {
+        // trailers end the request: the body (buffered so far) is complete
+        if self.parked {
+            self.body_ended = true;
+            return TrailersStatus::StopIteration;
+        }
+        match self.check_body(f, true) {
+            None | Some(BodyOutcome::Allowed) => TrailersStatus::Continue,
+            Some(_) => TrailersStatus::StopIteration,
         }
     }
 
@@ -199,6 +262,16 @@ impl Filter for Stream {
                 // not reachable with may_wait = false; never leave a request hanging
                 let host = NativeHost::new(f, &self.state.metrics);
                 host.send_json_error(503, "signing keys are not available");
+            }
+            Outcome::CheckBody(check) => {
+                self.body = Some(check);
+                // the whole body is buffered already: check it now; otherwise the body hook
+                // checks it when it ends
+                if self.body_ended {
+                    if let Some(BodyOutcome::Allowed) = self.check_body(f, true) {
+                        f.continue_decoding();
+                    }
+                }
             }
         }
     }

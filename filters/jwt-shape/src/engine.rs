@@ -1,6 +1,7 @@
 //! The request path of the filter, written against [`Host`] so it runs the same natively (in
 //! unit tests) and inside Envoy. One call decides one request: allow (after rewriting headers),
-//! deny with a local reply, or wait for keys that are being fetched.
+//! deny with a local reply, wait for keys that are being fetched, or (a `POST` to a bound
+//! shape route only) check the request body before it may go on ([`on_request_body`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use edgeguard_host::{header_text, Host, Level, Metrics, NotUtf8};
 use edgeguard_verdict::query::{self, QueryParam};
 use edgeguard_verdict::reply::json_body;
 use edgeguard_verdict::shape::{self, ClaimError};
+use edgeguard_verdict::subset::{self, SubsetGrant};
 use edgeguard_verdict::token::{self, TokenError};
 
 use crate::cache::Verified;
@@ -16,7 +18,7 @@ use crate::metrics;
 use crate::state::Shared;
 
 /// What became of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Continue upstream. `vary` asks for `Vary: Authorization` on the response.
     Allowed { vary: bool },
@@ -24,7 +26,34 @@ pub enum Outcome {
     Denied,
     /// Keys of this provider are being fetched: pause, and decide again when they arrive.
     Wait { provider: usize },
+    /// The headers are fine, but the body may hold a subset (`POST /v1/shape`): stop the
+    /// headers, buffer the body and decide with [`on_request_body`] once it ended.
+    CheckBody(BodyCheck),
 }
+
+/// What the body phase of a request needs from its headers' verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyCheck {
+    /// Add `Vary: Authorization` to the response when the body passes.
+    pub vary: bool,
+    /// What the token lets a subset do.
+    pub grant: SubsetGrant,
+}
+
+/// What became of a request's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// The body has not ended: keep buffering it.
+    Buffer,
+    /// The body passed: let the request (headers and body) go on.
+    Allowed,
+    /// A local reply was sent.
+    Denied,
+}
+
+/// The largest request body jwt-shape reads (a `POST /v1/shape` subset body); larger is 413.
+/// Electric's subset bodies are a few hundred bytes; 64 KiB leaves room for long `IN` lists.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The RFC 6750 challenge of a denial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,13 +466,11 @@ pub fn on_request<W, H: Host, M: Metrics>(
         Verification::Err(e) => return deny(host, metrics, Denial::token(&e)),
     };
 
+    // A POST to a bound route may carry a subset in its body: checked before it goes on.
+    let mut body_grant = None;
     if let Some(requested) = &requested_shape {
-        match &verified.shape {
-            Some(Ok(allowed)) => {
-                if let Err(m) = shape::compare(allowed, requested) {
-                    return deny(host, metrics, Denial::forbidden("shape_mismatch", m));
-                }
-            }
+        let allowed = match &verified.shape {
+            Some(Ok(allowed)) => allowed,
             Some(Err(e)) => return deny(host, metrics, Denial::forbidden("shape_claim", e)),
             None => {
                 return deny(
@@ -455,6 +482,20 @@ pub fn on_request<W, H: Host, M: Metrics>(
                     ),
                 )
             }
+        };
+        if let Err(m) = shape::compare(allowed, requested) {
+            return deny(host, metrics, Denial::forbidden("shape_mismatch", m));
+        }
+        let grant = SubsetGrant::of(allowed);
+        let query_subset = match subset::subset_from_query(&params) {
+            Ok(s) => s,
+            Err(e) => return deny(host, metrics, Denial::bad_request("bad_query", e)),
+        };
+        if let Err(r) = subset::check(&grant, &query_subset) {
+            return deny(host, metrics, Denial::forbidden(r.reason(), r));
+        }
+        if method == "POST" {
+            body_grant = Some(grant);
         }
     }
 
@@ -502,8 +543,88 @@ pub fn on_request<W, H: Host, M: Metrics>(
             host.set_request_header(":path", &new_path);
         }
     }
+    if let Some(grant) = body_grant {
+        return Outcome::CheckBody(BodyCheck { vary: true, grant });
+    }
     metrics.increment(metrics::ALLOWED);
     Outcome::Allowed { vary: true }
+}
+
+/// The body phase of a request [`on_request`] answered with [`Outcome::CheckBody`]. Called by
+/// the glue for every body chunk (`body_size`: the bytes held so far, this chunk included) and
+/// once more with `end_of_stream` (with 0 bytes when the request had no body at all). Refuses
+/// a body over [`MAX_BODY_BYTES`] at once (413); once the body ended it must be what Electric
+/// reads as a subset body (400 otherwise) and the subset must pass the token (403 otherwise).
+pub fn on_request_body<H: Host, M: Metrics>(
+    host: &H,
+    metrics: &M,
+    check: &BodyCheck,
+    body_size: usize,
+    end_of_stream: bool,
+) -> BodyOutcome {
+    let too_large = || {
+        deny(
+            host,
+            metrics,
+            Denial {
+                status: 413,
+                reason: "body_too_large",
+                message: format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                challenge: Challenge::None,
+            },
+        );
+        BodyOutcome::Denied
+    };
+    if body_size > MAX_BODY_BYTES {
+        return too_large();
+    }
+    if !end_of_stream {
+        return BodyOutcome::Buffer;
+    }
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        match host.request_body(MAX_BODY_BYTES + 1) {
+            Some(b) if b.len() >= body_size => b,
+            read => {
+                // never decide on part of a body
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "edgeguard jwt-shape: could read {} of the {body_size} request body bytes",
+                        read.map_or(0, |b| b.len())
+                    ),
+                );
+                deny(
+                    host,
+                    metrics,
+                    Denial {
+                        status: 500,
+                        reason: "body_unreadable",
+                        message: "the request body could not be read".to_string(),
+                        challenge: Challenge::None,
+                    },
+                );
+                return BodyOutcome::Denied;
+            }
+        }
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return too_large();
+    }
+    let body_subset = match subset::subset_from_body(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            deny(host, metrics, Denial::bad_request("bad_body", e));
+            return BodyOutcome::Denied;
+        }
+    };
+    if let Err(r) = subset::check(&check.grant, &body_subset) {
+        deny(host, metrics, Denial::forbidden(r.reason(), r));
+        return BodyOutcome::Denied;
+    }
+    metrics.increment(metrics::ALLOWED);
+    BodyOutcome::Allowed
 }
 
 /// The response side: adds `Authorization` to `Vary` when the request was decided on a token.

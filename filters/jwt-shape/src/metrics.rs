@@ -32,6 +32,12 @@ pub const DENIAL_REASONS: &[&str] = &[
     "shape_claim",
     "no_rule",
     "bad_path",
+    "subset_not_allowed",
+    "subset_column",
+    "subset_unsupported",
+    "bad_body",
+    "body_too_large",
+    "body_unreadable",
 ];
 
 /// The counter of denials for one reason.

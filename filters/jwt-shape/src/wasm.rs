@@ -1,7 +1,18 @@
 //! proxy-wasm glue: the root context owns the VM's state and runs the JWKS background work
 //! ([`crate::jwks`]) on its tick; HTTP contexts (one per request) decide with
 //! [`crate::engine`]. A request parked while keys load is decided again by the root, on the
-//! request's behalf, when they arrive.
+//! request's behalf, when they arrive. A `POST` to a bound shape route buffers its body (at
+//! most [`engine::MAX_BODY_BYTES`]) until the body has been checked; every other request is
+//! decided on its headers alone.
+//!
+//! Unlike the native build, the wasm build lets the *headers* of such a POST go on before the
+//! body is checked: Envoy turns a proxy-wasm `Pause` on request headers into
+//! `StopAllIterationAndWatermark` (unless the Wasm filter sets `allow_on_headers_stop_iteration`,
+//! which Istio and Envoy Gateway cannot), and then hands this filter no body until the headers
+//! continue. So the headers continue, the body is held (`Pause` on body chunks buffers them),
+//! and a refused body ends the request with the local reply, which resets the upstream stream:
+//! Electric reads the whole body before it does anything with a POST, so it never acts on a
+//! refused one (the way proxy-wasm WAFs inspect bodies).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -15,7 +26,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::{Config, KeySource, ProcessEnv, RemoteJwks};
-use crate::engine::{self, Outcome};
+use crate::engine::{self, BodyCheck, BodyOutcome, Outcome};
 use crate::jwks;
 use crate::keys;
 use crate::metrics;
@@ -25,7 +36,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         log_line(Level::Critical, &format!("edgeguard jwt-shape: panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, vm: None, seen: HashMap::new(), decided: Rc::default() }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, vm: None, seen: HashMap::new(), decided: Rc::default(), ended: Rc::default() }) });
 }}
 
 /// What the root context and its HTTP contexts share. A parked request is woken by its
@@ -65,13 +76,27 @@ fn read_published(key: &str) -> Option<(f64, Vec<u8>, u32)> {
     Some((at, value.get(nl + 1..)?.to_vec(), cas?))
 }
 
+/// What the root decided for a request that waited for keys, for its HTTP context.
+#[derive(Clone, Debug)]
+enum Decided {
+    /// Let through (and resumed): add `Vary` to the response when `vary`.
+    Allowed { vary: bool },
+    /// Its body must pass first, and it had not ended yet: the context checks it.
+    AwaitBody(BodyCheck),
+}
+
+type DecidedMap = Rc<std::cell::RefCell<HashMap<u32, Decided>>>;
+/// Requests whose body ended while they waited for keys: context id → body size.
+type EndedMap = Rc<std::cell::RefCell<HashMap<u32, usize>>>;
+
 struct Root {
     id: u32,
     vm: Option<Rc<Vm>>,
     /// Shared-data versions already looked at, per provider.
     seen: HashMap<usize, u32>,
-    /// Contexts decided by the root after waiting: context id → add `Vary`.
-    decided: Rc<std::cell::RefCell<HashMap<u32, bool>>>,
+    /// Contexts decided by the root after waiting.
+    decided: DecidedMap,
+    ended: EndedMap,
 }
 
 impl Root {
@@ -94,13 +119,48 @@ impl Root {
                 false,
             ) {
                 Outcome::Allowed { vary } => {
-                    self.decided.borrow_mut().insert(context, vary);
+                    self.decided
+                        .borrow_mut()
+                        .insert(context, Decided::Allowed { vary });
                     let _ = hostcalls::resume_http_request();
                 }
                 Outcome::Denied => {}
                 Outcome::Wait { .. } => {
                     // not reachable with may_wait = false; never leave a request hanging
                     ProxyWasmHost.send_json_error(503, "signing keys are not available");
+                }
+                Outcome::CheckBody(check) => {
+                    let ended = self.ended.borrow_mut().remove(&context);
+                    match ended {
+                        // the body is all buffered: check it now, on the request's behalf
+                        Some(size) => match engine::on_request_body(
+                            &ProxyWasmHost,
+                            &vm.metrics,
+                            &check,
+                            size,
+                            true,
+                        ) {
+                            BodyOutcome::Allowed => {
+                                self.decided
+                                    .borrow_mut()
+                                    .insert(context, Decided::Allowed { vary: check.vary });
+                                let _ = hostcalls::resume_http_request();
+                            }
+                            BodyOutcome::Denied => {}
+                            BodyOutcome::Buffer => {
+                                // not reachable at the end of the stream
+                                ProxyWasmHost.send_json_error(500, "request body not checked");
+                            }
+                        },
+                        None => {
+                            // the headers go on; Envoy hands the body to the context, which
+                            // holds and checks it
+                            self.decided
+                                .borrow_mut()
+                                .insert(context, Decided::AwaitBody(check));
+                            let _ = hostcalls::resume_http_request();
+                        }
+                    }
                 }
             }
         }
@@ -250,7 +310,11 @@ impl RootContext for Root {
             id: context_id,
             vm: self.vm.clone(),
             decided: self.decided.clone(),
+            ended: self.ended.clone(),
             vary: false,
+            parked: false,
+            body: None,
+            body_size: 0,
         }))
     }
 
@@ -262,8 +326,70 @@ impl RootContext for Root {
 struct Http {
     id: u32,
     vm: Option<Rc<Vm>>,
-    decided: Rc<std::cell::RefCell<HashMap<u32, bool>>>,
+    decided: DecidedMap,
+    ended: EndedMap,
     vary: bool,
+    /// Waiting for keys (until the root decides).
+    parked: bool,
+    /// The body must pass this check before the request goes on.
+    body: Option<BodyCheck>,
+    /// Body bytes held so far (the last body callback's count).
+    body_size: usize,
+}
+
+impl Http {
+    /// Picks up what the root decided for this request while it waited; `true` while it still
+    /// waits.
+    fn still_parked(&mut self) -> bool {
+        if !self.parked {
+            return false;
+        }
+        let mut decided = self.decided.borrow_mut();
+        let await_body = match decided.get(&self.id) {
+            None => return true,
+            Some(Decided::AwaitBody(_)) => true,
+            // resumed by the root; the entry stays for the response's `Vary`
+            Some(Decided::Allowed { .. }) => false,
+        };
+        if await_body {
+            if let Some(Decided::AwaitBody(check)) = decided.remove(&self.id) {
+                self.body = Some(check);
+            }
+        }
+        self.parked = false;
+        false
+    }
+
+    /// Runs the body check; `Action::Continue` once the request may go on.
+    fn check_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.still_parked() {
+            if end_of_stream {
+                self.ended.borrow_mut().insert(self.id, body_size);
+            }
+            return Action::Pause;
+        }
+        let (Some(vm), Some(check)) = (self.vm.clone(), self.body.clone()) else {
+            return Action::Continue;
+        };
+        match engine::on_request_body(
+            &ProxyWasmHost,
+            &vm.metrics,
+            &check,
+            body_size,
+            end_of_stream,
+        ) {
+            BodyOutcome::Buffer => Action::Pause,
+            BodyOutcome::Allowed => {
+                self.vary = check.vary;
+                self.body = None;
+                Action::Continue
+            }
+            BodyOutcome::Denied => {
+                self.body = None;
+                Action::Pause
+            }
+        }
+    }
 }
 
 impl Context for Http {
@@ -272,12 +398,13 @@ impl Context for Http {
             vm.shared.unpark(u64::from(self.id));
         }
         self.decided.borrow_mut().remove(&self.id);
+        self.ended.borrow_mut().remove(&self.id);
         true
     }
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(vm) = self.vm.clone() else {
             ProxyWasmHost.send_json_error(503, "jwt-shape filter is not configured");
             return Action::Pause;
@@ -296,16 +423,44 @@ impl HttpContext for Http {
             }
             Outcome::Denied => Action::Pause,
             Outcome::Wait { provider } => {
-                if !vm.shared.park(u64::from(self.id), provider, self.id) {
+                if vm.shared.park(u64::from(self.id), provider, self.id) {
+                    self.parked = true;
+                    if end_of_stream {
+                        self.ended.borrow_mut().insert(self.id, 0);
+                    }
+                } else {
                     engine::too_many_waiting(&ProxyWasmHost, &vm.metrics);
                 }
                 Action::Pause
             }
+            Outcome::CheckBody(check) => {
+                self.body = Some(check);
+                if end_of_stream {
+                    // no body at all
+                    return self.check_body(0, true);
+                }
+                // the headers go on (a Pause here would stop the body from reaching this
+                // filter, see the module's notes); the body is held and checked
+                Action::Continue
+            }
         }
     }
 
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body_size = body_size;
+        self.check_body(body_size, end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        // trailers end the request: the body (buffered so far) is complete
+        self.check_body(self.body_size, true)
+    }
+
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let decided = self.decided.borrow_mut().remove(&self.id).unwrap_or(false);
+        let decided = matches!(
+            self.decided.borrow_mut().remove(&self.id),
+            Some(Decided::Allowed { vary: true })
+        );
         engine::on_response(&ProxyWasmHost, self.vary || decided);
         Action::Continue
     }

@@ -7,6 +7,7 @@
 //! - [`jwk`]: key sets (JWKS, HMAC secrets) and signature checks with strict alg/key binding;
 //! - [`rsa`]: a verify-only RSA built for speed inside V8's wasm runtime;
 //! - [`query`], [`identifier`], [`shape`]: Electric shape requests and shape claims;
+//! - [`subset`]: Electric subset snapshots (`subset__*`, POST bodies) against the token;
 //! - [`portal`]: PEAS-compatible portal-app verdicts (ext_authz sidecar and portal-auth filter);
 //! - [`reply`]: the JSON error bodies every edgeguard component answers with.
 
@@ -21,4 +22,5 @@ pub mod reply;
 pub mod rsa;
 pub mod shape;
 pub mod strip;
+pub mod subset;
 pub mod token;

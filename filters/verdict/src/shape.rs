@@ -68,6 +68,9 @@ pub struct Shape {
     pub replica: Replica,
     pub log: LogMode,
     pub compaction: bool,
+    /// The claim allows subset requests (`"subsets": true`, see [`crate::subset`]); always
+    /// `false` for a request's shape.
+    pub subsets: bool,
 }
 
 /// What kind of parameter a (decoded) query parameter name is.
@@ -272,6 +275,7 @@ pub fn shape_from_query(params: &[QueryParam<'_>]) -> Result<Shape, ShapeQueryEr
         replica,
         log,
         compaction,
+        subsets: false,
     })
 }
 
@@ -394,6 +398,7 @@ const CLAIM_FIELDS: &[&str] = &[
     "replica",
     "log",
     "experimental_compaction",
+    crate::subset::CLAIM_FIELD,
 ];
 
 /// Reads a shape claim: `{"table": "items", "namespace": null, "where": null, "columns": null}`.
@@ -454,6 +459,7 @@ pub fn shape_from_claim(claim_name: &str, claims: &Value) -> Result<Shape, Claim
         replica,
         log,
         compaction,
+        subsets: crate::subset::claim_subsets(obj)?,
     })
 }
 

@@ -40,6 +40,11 @@ pub struct TokenArgs {
     /// `full` or `changes_only`.
     #[arg(long)]
     log: Option<String>,
+    /// Allow subset requests (`subset__*` parameters, `POST /v1/shape` bodies; the client's
+    /// `requestSnapshot` / `fetchSnapshot`): the claim gets `"subsets": true`. They may only
+    /// refer to the token's `--columns`.
+    #[arg(long)]
+    subsets: bool,
     /// Lifetime, e.g. `60s`, `15m`, `2h`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -97,6 +102,9 @@ pub fn shape_claim(args: &TokenArgs) -> Result<Value, String> {
     if let Some(l) = &args.log {
         shape.insert("log".into(), json!(l));
     }
+    if args.subsets {
+        shape.insert("subsets".into(), json!(true));
+    }
     let claims = json!({ "shape": Value::Object(shape) });
     edgeguard_verdict::shape::shape_from_claim("shape", &claims).map_err(|e| e.to_string())?;
     Ok(claims["shape"].clone())
@@ -146,4 +154,33 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
         .as_secs();
     println!("{}", mint(&args, now)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod subsets_flag_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TokenArgs,
+    }
+
+    fn claim(argv: &[&str]) -> Value {
+        let cli =
+            Cli::try_parse_from(std::iter::once("token").chain(argv.iter().copied())).unwrap();
+        shape_claim(&cli.args).unwrap()
+    }
+
+    #[test]
+    fn subsets_flag_mints_the_grant() {
+        let c = claim(&["--table", "items", "--columns", "id,title", "--subsets"]);
+        assert_eq!(c["subsets"], json!(true));
+        let shape =
+            edgeguard_verdict::shape::shape_from_claim("shape", &json!({ "shape": c })).unwrap();
+        assert!(shape.subsets);
+        assert!(claim(&["--table", "items"]).get("subsets").is_none());
+    }
 }
