@@ -32,7 +32,7 @@ export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 export EDGEGUARD_NATIVE_DIR := $(NATIVE_DIR)
 
-.PHONY: js-clients help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
+.PHONY: js-clients chromium help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -121,7 +121,7 @@ run-xds: tools build
 	@envoy/xds/run.sh
 
 # ---------------------------------------------------------------- test
-test: tools wasm-test native-test postgres validate-manifests js-clients
+test: tools wasm-test native-test postgres validate-manifests js-clients chromium
 	$(CARGO) build --locked -p edgeguard
 	$(CARGO) test --locked --workspace --no-fail-fast
 
@@ -130,9 +130,10 @@ unit:
 
 # Third-party JavaScript clients the tests drive as users do (pinned, into .tools/clients;
 # tests run node there): jose (tokens signed by a user's own issuer), @electric-sql/client
-# (requestSnapshot / fetchSnapshot through jwt-shape against tests/electric-standin/).
+# (requestSnapshot / fetchSnapshot through jwt-shape against tests/electric-standin/, and in
+# the browser test's page), puppeteer-core and esbuild (drive Chromium, bundle the page).
 CLIENTS_DIR := $(TOOLS)/clients
-JS_CLIENTS  := jose@6.2.18 @electric-sql/client@1.5.28
+JS_CLIENTS  := jose@6.2.18 @electric-sql/client@1.5.28 puppeteer-core@25.16.0 esbuild@0.28.2
 export EDGEGUARD_JS_CLIENTS := $(CLIENTS_DIR)
 
 js-clients:
@@ -141,6 +142,10 @@ js-clients:
 	  echo ">> installing JavaScript clients from npm into $(CLIENTS_DIR)"; mkdir -p $(CLIENTS_DIR) && \
 	  npm install --prefix $(CLIENTS_DIR) --no-audit --no-fund --loglevel=error --save-exact $(JS_CLIENTS) && \
 	  echo '$(JS_CLIENTS)' > $(CLIENTS_DIR)/.installed; }
+
+# A real browser for tests/tests/browser.rs: Debian's chromium (puppeteer-core drives it).
+chromium:
+	@command -v chromium >/dev/null || { echo ">> installing chromium (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # ---------------------------------------------------------------- manifests
 # Offline validation of istio/ and compose/ (see tests/manifests/validate.py for what is

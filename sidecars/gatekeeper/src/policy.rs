@@ -134,8 +134,7 @@ pub struct Rule {
     pub replica: BTreeSet<Replica>,
     pub log: BTreeSet<LogMode>,
     pub client_where: ClientWhere,
-    /// Subset snapshots allowed (minted into the claim only when jwt-shape's claim format
-    /// knows the field, see [`shape_claim::supports_subsets`]).
+    /// Subset snapshots allowed (`"subsets": true` in the claim).
     pub subsets: bool,
 }
 

@@ -12,11 +12,8 @@
 //! Every claim is read back with jwt-shape's own reader
 //! ([`edgeguard_verdict::shape::shape_from_claim`]) before it is signed.
 //!
-//! `subsets: true` is added for rules that allow subset snapshots only when jwt-shape's claim
-//! reader knows the field ([`supports_subsets`]): a field it does not know makes it refuse the
-//! whole claim, so until then the field is left out and such tokens carry no subset grant.
-
-use std::sync::OnceLock;
+//! `subsets: true` is added for rules that allow subset snapshots (jwt-shape refuses every
+//! subset request of a token without it).
 
 use edgeguard_verdict::shape::{shape_from_claim, ClaimError};
 use serde_json::{json, Map, Value};
@@ -27,15 +24,6 @@ use crate::policy::Rule;
 
 /// The claim holding the shape.
 pub const CLAIM: &str = "shape";
-
-/// Whether jwt-shape's claim reader (in this build) accepts a boolean `subsets` field.
-pub fn supports_subsets() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let probe = json!({ CLAIM: {"table": "t", "subsets": true} });
-        shape_from_claim(CLAIM, &probe).is_ok()
-    })
-}
 
 /// The claim for a grant, checked with jwt-shape's reader.
 pub fn claim(grant: &Grant) -> Result<Value, ClaimError> {
@@ -58,7 +46,7 @@ pub fn claim(grant: &Grant) -> Result<Value, ClaimError> {
     shape.insert("columns".into(), json!(grant.columns));
     shape.insert("replica".into(), json!(grant.replica.as_str()));
     shape.insert("log".into(), json!(grant.log.as_str()));
-    if grant.subsets && supports_subsets() {
+    if grant.subsets {
         shape.insert("subsets".into(), json!(true));
     }
     let shape = Value::Object(shape);
@@ -174,13 +162,14 @@ mod tests {
     }
 
     #[test]
-    fn subsets_only_when_jwt_shape_knows_the_field() {
+    fn subsets_are_granted_exactly_when_the_rule_allows_them() {
         let mut g = grant();
+        assert!(claim(&g).unwrap().get("subsets").is_none());
         g.subsets = true;
         let c = claim(&g).unwrap();
-        assert_eq!(c.get("subsets").is_some(), supports_subsets());
-        // the probe agrees with the reader
-        let with = json!({ CLAIM: {"table": "t", "subsets": true} });
-        assert_eq!(shape_from_claim(CLAIM, &with).is_ok(), supports_subsets());
+        assert_eq!(c["subsets"], json!(true));
+        // and jwt-shape reads it as the grant
+        let shape = shape_from_claim(CLAIM, &json!({ CLAIM: c })).unwrap();
+        assert!(shape.subsets);
     }
 }
