@@ -490,10 +490,12 @@ fn jose_v6_tokens_verify(flavour: Flavour) {
         let r = envoy.get("/any", &[("authorization", &bearer(t))]);
         assert_eq!(r.status, 200, "{alg}: {}", r.body);
         assert_eq!(r.echoed("x-sub").as_deref(), Some("jose-user"), "{alg}");
-        // one flipped signature character
+        // one signature character changed (a full 6-bit character, not the last one)
         let mut bad = t.to_string();
-        let last = if bad.ends_with('A') { "B" } else { "A" };
-        bad.replace_range(bad.len() - 3..bad.len() - 2, last);
+        let at = bad.len() - 3;
+        let other = if &bad[at..at + 1] == "A" { "B" } else { "A" };
+        bad.replace_range(at..at + 1, other);
+        assert_ne!(bad, t);
         let r = envoy.get("/any", &[("authorization", &bearer(&bad))]);
         assert_eq!(r.status, 401, "{alg} tampered: {}", r.body);
         let r = envoy.get("/es256", &[("authorization", &bearer(t))]);
