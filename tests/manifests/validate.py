@@ -1079,7 +1079,11 @@ def metric_known(m: str, known: set[str]) -> bool:
 # ----------------------------------------------------------------------------- sidecar settings
 
 # Where each `edgeguard` role declares its settings (clap `env = "..."`).
-ROLE_SOURCES = {"authz": "sidecars/authz/src/config.rs", "xds": "sidecars/xds/src/lib.rs"}
+ROLE_SOURCES = {
+    "authz": "sidecars/authz/src/config.rs",
+    "xds": "sidecars/xds/src/lib.rs",
+    "gatekeeper": "sidecars/gatekeeper/src/config.rs",
+}
 
 
 def role_env_names(role: str) -> set[str] | None:
@@ -1090,7 +1094,7 @@ def role_env_names(role: str) -> set[str] | None:
 
 
 def check_sidecar_env(objects: dict[str, list[dict]]) -> None:
-    """Every environment variable given to `edgeguard authz` / `edgeguard xds` is one it reads."""
+    """Every environment variable given to `edgeguard authz` / `xds` / `gatekeeper` is one it reads."""
     seen = 0
 
     def check(file: str, obj: str, role: str, names: list[str]) -> None:
@@ -1119,7 +1123,7 @@ def check_sidecar_env(objects: dict[str, list[dict]]) -> None:
         role = cmd[0] if cmd and cmd[0] in ROLE_SOURCES else None
         if role:
             check("compose/docker-compose.yaml", f"services.{name}", role, list((svc.get("environment") or {}).keys()))
-    R.ok("istio/kubernetes, compose", f"{seen} sidecar environment variables are settings `edgeguard authz` / `edgeguard xds` read")
+    R.ok("istio/kubernetes, compose", f"{seen} sidecar environment variables are settings `edgeguard authz` / `xds` / `gatekeeper` read")
 
 
 # ----------------------------------------------------------------------------- main

@@ -946,6 +946,19 @@ rules:
             .contains("no 'nope' claim"));
     }
 
+    /// The policy shipped in the Kubernetes manifest (a ConfigMap) is one the gatekeeper loads.
+    #[test]
+    fn the_shipped_kubernetes_policy_loads() {
+        let manifest = include_str!("../../../istio/kubernetes/gatekeeper.yaml");
+        let policy = serde_yaml_ng::Deserializer::from_str(manifest)
+            .filter_map(|doc| <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).ok())
+            .find(|doc| doc["kind"].as_str() == Some("ConfigMap"))
+            .and_then(|cm| cm["data"]["policy.yaml"].as_str().map(str::to_string))
+            .expect("the ConfigMap's policy.yaml");
+        let p = Policy::from_file_text(&policy).unwrap();
+        assert_eq!(p.rules.len(), 2);
+    }
+
     #[test]
     fn a_file_must_end_with_the_document_end_marker_so_no_cut_of_it_is_read() {
         let demo = include_str!("../../../envoy/demo/gatekeeper-policy.yaml");
