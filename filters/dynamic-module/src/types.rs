@@ -348,7 +348,7 @@ pub(crate) fn local_reply_status(status: u32) -> u32 {
     }
 }
 
-/// The text of a panic payload (`panic!("...")` carries a `&str` or a `String`).
+/// The text of a panic payload (a panic with a message carries a `&str` or a `String`).
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgeguard_verdict::jwk::KeySet;
-use edgeguard_verdict::token::{self, Algorithm, ClaimRules, TokenError};
+use edgeguard_verdict::token::{self, Algorithm, ClaimRules, KeyFamily, TokenError};
 use jwt_shape::config::{KeySource, RemoteJwks};
 use jwt_shape::keys::{parse_response, FetchReason, ProviderKeys, MAX_JWKS_BYTES};
 use serde_json::Value as Json;
@@ -27,19 +27,14 @@ use crate::refusal::{Reason, Refusal};
 /// The largest caller token accepted (bytes).
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
-/// The asymmetric algorithms accepted from an issuer by default (never HMAC: a JWKS of shared
-/// secrets would let anyone who can read it mint tokens).
-pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+/// The algorithms accepted from an issuer by default: every asymmetric one the verdict code
+/// knows (never HMAC: a JWKS of shared secrets would let anyone who can read it mint tokens).
+pub fn default_algorithms() -> Vec<Algorithm> {
+    Algorithm::ALL
+        .into_iter()
+        .filter(|a| a.family() != KeyFamily::Hmac)
+        .collect()
+}
 
 /// What the issuer is and how its keys are kept.
 #[derive(Clone, Debug)]

@@ -24,7 +24,7 @@ use crate::caller::Authenticator;
 use crate::config::{LogFormat, ServeArgs, JWT_SHAPE_DEFAULT_REFRESH};
 use crate::keyring::{self, KeyDirError, Lifecycle};
 use crate::metrics::Metrics;
-use crate::oidc::{Oidc, OidcConfig, OidcError, DEFAULT_ALGORITHMS};
+use crate::oidc::{default_algorithms, Oidc, OidcConfig, OidcError};
 use crate::policy_store::{PolicyFileError, PolicyStore};
 use crate::refusal::{Reason, Refusal};
 use crate::signer::{KeyDir, Signer};
@@ -360,7 +360,7 @@ fn whole_seconds(flag: &str, d: Duration) -> Result<u64, GatekeeperError> {
 
 fn oidc_config(args: &ServeArgs, issuer: &str) -> Result<OidcConfig, GatekeeperError> {
     let algorithms = if args.oidc_algorithms.is_empty() {
-        DEFAULT_ALGORITHMS.to_vec()
+        default_algorithms()
     } else {
         let mut algs = Vec::new();
         for name in &args.oidc_algorithms {
