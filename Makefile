@@ -32,7 +32,7 @@ export EDGEGUARD_WASM_DIR := $(WASM_DIR)
 export EDGEGUARD_GRPCURL  := $(GRPCURL)
 export EDGEGUARD_NATIVE_DIR := $(NATIVE_DIR)
 
-.PHONY: js-clients chromium help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
+.PHONY: js-clients chromium device-tools help toolchain tools envoy grpcurl wasm-target build wasm wasm-test native native-modules native-test run run-xds test unit bench lint fmt clean \
         manifest-tools validate-manifests postgres grpcurl-check
 
 help:
@@ -90,6 +90,14 @@ postgres:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
+# The device side of tests/tests/enroll.rs: the openssl CLI (CA, keys, CSRs, verify) and curl.
+device-tools:
+	@command -v openssl >/dev/null && command -v curl >/dev/null || { \
+	  echo ">> installing openssl and curl (apt)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl curl; }
+
 # ---------------------------------------------------------------- build
 wasm: wasm-target
 	$(CARGO) build --locked --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
@@ -114,14 +122,14 @@ native-test: toolchain
 build: wasm native native-modules
 
 # ---------------------------------------------------------------- run
-run: tools build
+run: tools device-tools build
 	@envoy/demo/run.sh
 
 run-xds: tools build
 	@envoy/xds/run.sh
 
 # ---------------------------------------------------------------- test
-test: tools wasm-test native-test postgres validate-manifests js-clients chromium
+test: tools wasm-test native-test postgres device-tools validate-manifests js-clients chromium
 	$(CARGO) build --locked -p edgeguard
 	$(CARGO) test --locked --workspace --no-fail-fast
 

@@ -12,6 +12,8 @@
 #                  envoy/demo/gatekeeper-policy.yaml, hot-reloaded; DEV MODE: everyone is demo-user)
 #   Envoy          127.0.0.1:10004 (/v1/shape for gatekeeper tokens: jwt-shape's remote_jwks is the
 #                  gatekeeper's JWKS; /gatekeeper/ and /.well-known/ proxied to the gatekeeper)
+#   edgeguard enroll 127.0.0.1:10005 (device enrollment: CSR + one-time token → a certificate
+#                  from a demo fleet CA made in $RUN_DIR; DB-less registry $RUN_DIR/devices.yaml)
 # Every port can be overridden with the environment (EDGEGUARD_DEMO_*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +32,7 @@ GATEKEEPER_PORT=${EDGEGUARD_DEMO_GATEKEEPER_PORT:-10003}
 GATEKEEPER_SHAPE_PORT=${EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT:-10004}
 GATEKEEPER_POLICY=${EDGEGUARD_DEMO_GATEKEEPER_POLICY:-$ROOT/envoy/demo/gatekeeper-policy.yaml}
 GATEKEEPER_TOKEN_TTL=${EDGEGUARD_DEMO_GATEKEEPER_TOKEN_TTL:-1h}
+ENROLL_PORT=${EDGEGUARD_DEMO_ENROLL_PORT:-10005}
 # what plays Electric behind /v1/shape: the echo (default), or a real Electric on this port
 ELECTRIC_PORT=${EDGEGUARD_DEMO_ELECTRIC_PORT:-$ECHO_PORT}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
@@ -43,6 +46,8 @@ NATIVE_DIR=${EDGEGUARD_NATIVE_DIR:-$ROOT/target/native}
 # the store endpoint's bearer token, shared by edgeguard authz and portal-auth (a fresh one per run)
 EDGEGUARD_STORE_TOKEN=${EDGEGUARD_STORE_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
 export EDGEGUARD_STORE_TOKEN
+# edgeguard enroll's admin token (a fresh one per run)
+ENROLL_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 case "$FLAVOUR" in
   native) FILTER_FILES=("$NATIVE_DIR/libedgeguard_jwt_shape.so" "$NATIVE_DIR/libedgeguard_portal_auth.so") ;;
@@ -77,7 +82,7 @@ python3 envoy/render.py envoy/demo/envoy.yaml \
 "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
 pids+=($!)
 PORTAL_APPS_FILE="$APPS_FILE" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
-  RATE_LIMIT_HEADERS=true LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
+  RATE_LIMIT_HEADERS=true EDGEGUARD_METERING=true EDGEGUARD_METERING_FLUSH_INTERVAL=250ms EDGEGUARD_QUOTA_HEADERS=all LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
 pids+=($!)
 # the gatekeeper, in development mode (everyone is demo-user) — never in production; its key
 # directory lives in this run's folder (the first key is written at start and signs at once);
@@ -88,6 +93,18 @@ EDGEGUARD_GATEKEEPER_DEV_ALLOW_ANYONE=true EDGEGUARD_GATEKEEPER_DEV_CLAIMS='{"su
   --shape-url "http://127.0.0.1:$GATEKEEPER_SHAPE_PORT/v1/shape" --public-url "http://127.0.0.1:$GATEKEEPER_PORT" \
   --log-format text > "$RUN_DIR/gatekeeper.log" 2>&1 &
 pids+=($!)
+# the device enrollment service with a demo fleet CA (made here, once per run folder)
+if [ ! -s "$RUN_DIR/fleet-ca.pem" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+    -subj "/CN=edgeguard demo fleet CA" -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$RUN_DIR/fleet-ca.key" -out "$RUN_DIR/fleet-ca.pem" 2>/dev/null
+fi
+EDGEGUARD_ENROLL_LISTEN="127.0.0.1:$ENROLL_PORT" EDGEGUARD_ENROLL_ADMIN_TOKEN="$ENROLL_ADMIN_TOKEN" \
+  EDGEGUARD_CA_CERT="$RUN_DIR/fleet-ca.pem" EDGEGUARD_CA_KEY="$RUN_DIR/fleet-ca.key" \
+  EDGEGUARD_TRUST_DOMAIN=demo.edgeguard EDGEGUARD_DEVICES_FILE="$RUN_DIR/devices.yaml" \
+  "$BIN" enroll > "$RUN_DIR/enroll.log" 2>&1 &
+pids+=($!)
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$NATIVE_DIR" \
   "$ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
@@ -95,7 +112,8 @@ pids+=($!)
 ready() {
   curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE &&
     curl -fs "http://127.0.0.1:$AUTHZ_HTTP_PORT/readyz" >/dev/null 2>&1 &&
-    curl -fs "http://127.0.0.1:$GATEKEEPER_PORT/readyz" >/dev/null 2>&1
+    curl -fs "http://127.0.0.1:$GATEKEEPER_PORT/readyz" >/dev/null 2>&1 &&
+    curl -fs "http://127.0.0.1:$ENROLL_PORT/readyz" >/dev/null 2>&1
 }
 for _ in $(seq 1 150); do
   ready && break
@@ -141,6 +159,14 @@ edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
   # local_ratelimit on the stamped Rl-Plan-Free header: $FREE_PLAN_BURST requests a minute per account, then 429
   for i in \$(seq 1 $((FREE_PLAN_BURST + 1))); do curl -s -o /dev/null -w '%{http_code} ' '$BASE/v1/demo_public'; done; echo
 
+  # usage metering: every allowed request is counted (portal-auth reports to edgeguard authz every
+  # 250 ms here, authz counts its own Checks); demo_quota's account may make 5 relays a month, so
+  # requests turn into 429 once the counts are in (~1-2 s), with Retry-After and RateLimit headers
+  for i in \$(seq 1 10); do curl -s -o /dev/null -w '%{http_code} ' '$BASE/v1/demo_quota'; sleep 0.5; done; echo
+  curl -si '$BASE/v1/demo_quota' | grep -i -E '^HTTP|^retry-after|^ratelimit'
+  # how much the account used this month (the store feed's token)
+  curl -s -H "Authorization: Bearer $EDGEGUARD_STORE_TOKEN" 'http://127.0.0.1:$AUTHZ_HTTP_PORT/usage/v1/accounts/acct_quota'
+
   # the same verdicts through ext_authz → edgeguard authz (PEAS's deployment)
   curl -s -H 'Authorization: demo-secret-key-0001' '$EXT/v1/demo_keyed'
   # PEAS's grpcurl check against edgeguard authz (reflection: no .proto files needed)
@@ -155,6 +181,18 @@ edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
   curl -si -X POST '$GK/gatekeeper/items?columns=id,secret'
   # the public keys jwt-shape fetches; rotate with: $BIN gatekeeper rotate --key-dir $RUN_DIR/gatekeeper-keys --publish-delay 2m
   curl -s '$GK/.well-known/jwks.json'
+
+  # edgeguard enroll (device identity): the operator makes a one-use enrollment token for an
+  # account (admin token of this run); a device makes its key and CSR (the key never leaves it)
+  # and trades the CSR and the token for its certificate (CN and SPIFFE id assigned by edgeguard)
+  curl -s -X POST -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' -d '{"account_id": "acct_team", "ttl_seconds": 600, "uses": 1}' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/enrollment-tokens'
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=my-kiosk -keyout $RUN_DIR/device.key -out $RUN_DIR/device.csr
+  curl -sf -H "Authorization: Bearer <the token above>" -H 'Content-Type: application/pkcs10' --data-binary @$RUN_DIR/device.csr -o $RUN_DIR/device.pem 'http://127.0.0.1:$ENROLL_PORT/enroll/v1'
+  openssl verify -CAfile $RUN_DIR/fleet-ca.pem $RUN_DIR/device.pem
+  # the fleet as the registry holds it ($RUN_DIR/devices.yaml): revoke with POST .../devices/<id>/revoke
+  curl -s -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/devices'
+  # (calling through Envoy with the device certificate — mTLS, device verdicts — comes with the
+  #  next slices of device identity; see README "edgeguard enroll")
 
   # mint other tokens:  $BIN token --table todos --where 'owner = \$1' --params 1=alice --columns id,title
   # metrics:            curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep edgeguard

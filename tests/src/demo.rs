@@ -20,6 +20,7 @@ pub struct Ports {
     pub echo: u16,
     pub gatekeeper: u16,
     pub gatekeeper_shape: u16,
+    pub enroll: u16,
 }
 
 /// A running demo.
@@ -37,7 +38,7 @@ impl Demo {
     /// waits (at most 90 s) for its `ready` line.
     pub fn start(flavour: Flavour, env: &[(&str, String)]) -> Demo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let p: Vec<u16> = (0..9).map(|_| free_port()).collect();
         let ports = Ports {
             port: p[0],
             ext: p[1],
@@ -47,6 +48,7 @@ impl Demo {
             echo: p[5],
             gatekeeper: p[6],
             gatekeeper_shape: p[7],
+            enroll: p[8],
         };
         let mut cmd = Command::new(tools::root().join("envoy/demo/run.sh"));
         cmd.env("EDGEGUARD_BIN", tools::edgeguard())
@@ -68,6 +70,7 @@ impl Demo {
                 "EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT",
                 ports.gatekeeper_shape.to_string(),
             )
+            .env("EDGEGUARD_DEMO_ENROLL_PORT", ports.enroll.to_string())
             .env("EDGEGUARD_DEMO_DIR", dir.path())
             .env("EDGEGUARD_FLAVOUR", flavour.name())
             .env("EDGEGUARD_NATIVE_DIR", tools::native_dir())

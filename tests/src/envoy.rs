@@ -132,6 +132,42 @@ pub fn dynamic_module_filter_any(module: &str, filter_name: &str, filter_config:
     })
 }
 
+/// TLS on the listener (an `envoy.transport_sockets.tls` DownstreamTlsContext): the server's
+/// certificate chain and key, and the CA client certificates must chain to. With
+/// `require_client_certificate` the handshake fails without a valid client certificate;
+/// without it a client may present none (and one that does not chain to `client_ca` still
+/// fails the handshake).
+#[derive(Clone, Debug)]
+pub struct DownstreamTls {
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_ca: std::path::PathBuf,
+    pub require_client_certificate: bool,
+}
+
+impl DownstreamTls {
+    /// The listener's `transport_socket`.
+    pub fn transport_socket(&self) -> Value {
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": self.require_client_certificate,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": self.server_cert.to_string_lossy()},
+                        "private_key": {"filename": self.server_key.to_string_lossy()}
+                    }],
+                    "validation_context": {
+                        "trusted_ca": {"filename": self.client_ca.to_string_lossy()}
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// What to start.
 pub struct EnvoyConfig {
     pub http_filters: Vec<Value>,
@@ -144,6 +180,13 @@ pub struct EnvoyConfig {
     pub direct_response: bool,
     /// Log level of Envoy (`info` in tests, `warning` in benchmarks).
     pub log_level: &'static str,
+    /// TLS on the listener ([`EnvoyConfig::with_mtls`]); plain HTTP (and h2c) when `None`.
+    pub tls: Option<DownstreamTls>,
+    /// Routes tried before the catch-all one to `upstream` ([`EnvoyConfig::with_route`]).
+    pub routes: Vec<Value>,
+    /// Forward the client certificate's details to upstreams in `x-forwarded-client-cert`
+    /// ([`EnvoyConfig::forwarding_client_cert`]).
+    pub forward_client_cert: bool,
 }
 
 impl EnvoyConfig {
@@ -156,6 +199,9 @@ impl EnvoyConfig {
             env: Vec::new(),
             direct_response: false,
             log_level: "info",
+            tls: None,
+            routes: Vec::new(),
+            forward_client_cert: false,
         }
         .with_env("EDGEGUARD_STORE_TOKEN", STORE_TOKEN)
         .with_env(
@@ -168,6 +214,48 @@ impl EnvoyConfig {
     pub fn with_env(mut self, key: &str, value: &str) -> EnvoyConfig {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Terminates mutual TLS on the listener: `server_cert`/`server_key` (PEM) as the server's
+    /// identity, client certificates required and checked against `client_ca` (PEM). Requests
+    /// then go through `curl` ([`crate::mtls::curl`]), not the plain-HTTP helpers.
+    pub fn with_mtls(self, server_cert: &Path, server_key: &Path, client_ca: &Path) -> EnvoyConfig {
+        self.with_tls(server_cert, server_key, client_ca, true)
+    }
+
+    /// [`EnvoyConfig::with_mtls`] choosing whether a client certificate is required (`false`:
+    /// optional, checked against `client_ca` when presented).
+    pub fn with_tls(
+        mut self,
+        server_cert: &Path,
+        server_key: &Path,
+        client_ca: &Path,
+        require_client_certificate: bool,
+    ) -> EnvoyConfig {
+        self.tls = Some(DownstreamTls {
+            server_cert: server_cert.to_path_buf(),
+            server_key: server_key.to_path_buf(),
+            client_ca: client_ca.to_path_buf(),
+            require_client_certificate,
+        });
+        self
+    }
+
+    /// Requests whose path starts with `prefix` go to `cluster` (added to `clusters` by the
+    /// caller), before the catch-all route.
+    pub fn with_route(mut self, prefix: &str, cluster: &str) -> EnvoyConfig {
+        self.routes.push(
+            json!({"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "15s"}}),
+        );
+        self
+    }
+
+    /// `forward_client_cert_details: SANITIZE_SET`: whatever `x-forwarded-client-cert` a client
+    /// sends is dropped, and on an mTLS connection Envoy sets its own (with `Hash`, the SHA-256
+    /// of the client certificate's DER, and the certificate's URI SANs and subject).
+    pub fn forwarding_client_cert(mut self) -> EnvoyConfig {
+        self.forward_client_cert = true;
         self
     }
 
@@ -184,7 +272,7 @@ impl EnvoyConfig {
         };
         let mut clusters = vec![cluster("upstream", self.upstream_port)];
         clusters.extend(self.clusters.iter().cloned());
-        json!({
+        let mut bootstrap = json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
                 "listeners": [{
@@ -202,7 +290,7 @@ impl EnvoyConfig {
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
-                                "routes": [route]
+                                "routes": self.routes.iter().cloned().chain([route]).collect::<Vec<_>>()
                             }]},
                             "http_filters": filters
                         }
@@ -210,7 +298,18 @@ impl EnvoyConfig {
                 }],
                 "clusters": clusters
             }
-        })
+        });
+        if self.forward_client_cert {
+            let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
+                ["filters"][0]["typed_config"];
+            hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
+            hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true});
+        }
+        if let Some(tls) = &self.tls {
+            bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] =
+                tls.transport_socket();
+        }
+        bootstrap
     }
 }
 

@@ -41,13 +41,13 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         .collect();
     assert_eq!(
         commands.len(),
-        14,
-        "expected fourteen commands in:\n{}",
+        20,
+        "expected twenty commands in:\n{}",
         lines.join("\n")
     );
 
     let run = |cmd: &str| {
-        let cmd = if cmd.starts_with("curl ") {
+        let cmd = if cmd.starts_with("curl ") && !cmd.contains('|') {
             format!("{cmd} -w '\\n%{{http_code}}'")
         } else {
             cmd.to_string()
@@ -103,13 +103,44 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         other.ends_with("\n200") && other.contains("rl-user-limit-40"),
         "{other}"
     );
+    // usage metering trips demo_quota's 5-relay quota: 429 with Retry-After and RateLimit
+    let quota = run(&commands[8]);
+    let codes: Vec<&str> = quota.split_whitespace().collect();
+    assert_eq!(codes.len(), 10, "{quota}");
+    assert!(
+        codes[..5].iter().all(|c| *c == "200"),
+        "the first five are within the quota: {quota}"
+    );
+    assert_eq!(
+        codes.last(),
+        Some(&"429"),
+        "the quota tripped within the loop: {quota}"
+    );
+    let headers = run(&commands[9]).to_ascii_lowercase();
+    assert!(headers.contains(" 429"), "{headers}");
+    assert!(headers.contains("retry-after: "), "{headers}");
+    assert!(
+        headers.contains("ratelimit-policy: \"monthly\";q=5;w="),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("ratelimit: \"monthly\";r=0;t="),
+        "{headers}"
+    );
+    let usage = run(&commands[10]);
+    assert!(usage.ends_with("\n200"), "{usage}");
+    let usage: serde_json::Value =
+        serde_json::from_str(usage.trim_end_matches("200").trim()).unwrap();
+    assert!(usage["relays"].as_u64().unwrap() > 5, "{usage}");
+    assert_eq!(usage["limit"], 5, "{usage}");
+    assert_eq!(usage["limited"], true, "{usage}");
     // ext_authz and grpcurl against edgeguard authz
-    let ext_ok = run(&commands[8]);
+    let ext_ok = run(&commands[11]);
     assert!(
         ext_ok.ends_with("\n200") && ext_ok.contains("\"portal-application-id\":[\"demo_keyed\"]"),
         "{ext_ok}"
     );
-    let grpc = run(&commands[9]);
+    let grpc = run(&commands[12]);
     assert!(
         grpc.contains("\"message\": \"ok\"") && grpc.contains("demo_keyed"),
         "{grpc}"
@@ -154,7 +185,7 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
     );
     // edgeguard gatekeeper (development mode: everyone is demo-user): a token for demo-user's
     // own items with the two columns asked for, and the exact request it allows
-    let answer = run(&commands[10]);
+    let answer = run(&commands[13]);
     assert!(answer.ends_with("\n200"), "{answer}");
     let answer: serde_json::Value =
         serde_json::from_str(answer.trim_end_matches("200").trim()).unwrap();
@@ -174,8 +205,8 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         format!("http://127.0.0.1:{gatekeeper_shape}/v1/shape")
     );
     // ... through Envoy: jwt-shape verified it with the gatekeeper's JWKS and let it through
-    let through = run(&commands[11]);
-    assert!(through.ends_with("\n200"), "{}: {through}", commands[11]);
+    let through = run(&commands[14]);
+    assert!(through.ends_with("\n200"), "{}: {through}", commands[14]);
     assert!(
         through.contains("\"x-edgeguard-sub\":[\"demo-user\"]"),
         "{through}"
@@ -186,14 +217,56 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         "{through}"
     );
     // ... and a column the policy does not allow: 403 from the gatekeeper
-    let refused = run(&commands[12]);
+    let refused = run(&commands[15]);
     assert!(refused.ends_with("\n403"), "{refused}");
     assert!(refused.contains("column_not_allowed"), "{refused}");
-    let jwks = run(&commands[13]);
+    let jwks = run(&commands[16]);
     assert!(
         jwks.ends_with("\n200") && jwks.contains("\"kty\":\"EC\""),
         "{jwks}"
     );
+    // edgeguard enroll: the operator's token, the device's own key and CSR (the printed
+    // openssl line), its certificate from the fleet CA, and the registry listing it
+    let minted = run(&commands[17]);
+    assert!(minted.ends_with("\n201"), "{minted}");
+    let minted: serde_json::Value =
+        serde_json::from_str(minted.trim_end_matches("201").trim()).unwrap();
+    let enrollment_token = minted["token"].as_str().unwrap().to_string();
+    let shell = |line: &str| {
+        let out = Command::new("bash")
+            .current_dir(tools::root())
+            .args(["-c", line])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let openssl: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.trim().starts_with("openssl "))
+        .collect();
+    assert_eq!(openssl.len(), 2, "{}", lines.join("\n"));
+    shell(openssl[0].trim());
+    let enroll = commands[18].replace("<the token above>", &enrollment_token);
+    assert!(run(&enroll).ends_with("\n200"), "{enroll}");
+    assert!(shell(openssl[1].trim()).contains(": OK"));
+    let devices = run(&commands[19]);
+    assert!(devices.ends_with("\n200"), "{devices}");
+    assert!(
+        devices.contains("\"account_id\":\"acct_team\"")
+            && devices.contains("spiffe://demo.edgeguard/device/dev_"),
+        "{devices}"
+    );
+    // the token was for one use
+    assert!(
+        run(&enroll).ends_with("\n403"),
+        "a used-up token is refused"
+    );
+
     // the gatekeeper's routes on Envoy's listener (one origin for a browser)
     let via_envoy = run(&format!(
         "curl -s -X POST 'http://127.0.0.1:{gatekeeper_shape}/gatekeeper/items'"

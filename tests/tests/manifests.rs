@@ -1295,11 +1295,13 @@ fn compose_envoy_gets_its_xds_listeners_from_edgeguard_xds() {
     );
 }
 
-/// portal-auth's gauges appear with the first store copy, which this test does not serve
-/// (validate.py checks that their names are defined in filters/portal-auth).
+/// portal-auth's gauges appear when first set: the store gauges with the first store copy,
+/// which this test does not serve, the metering gauge with the first report, and compose
+/// ships metering off (validate.py checks that their names are defined in filters/portal-auth).
 const SET_ON_FIRST_STORE_LOAD: &[&str] = &[
     "edgeguard_portal_auth_store_apps",
     "edgeguard_portal_auth_store_version",
+    "edgeguard_portal_auth_relays_pending",
 ];
 
 /// Metric names (or `prefix.+` regex families) starting with `prefix` in a PromQL expression.
@@ -1438,6 +1440,8 @@ fn compose_postgres_init_scripts_load_and_serve_the_demo_apps() {
             "0001_grove_schema.sql",
             "0002_account_monthly_usage.sql",
             "0003_change_notify.sql",
+            "0004_metering.sql",
+            "0005_devices.sql",
             "0100_demo_data.sql"
         ]
     );

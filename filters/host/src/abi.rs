@@ -1,8 +1,9 @@
 //! The proxy-wasm header-map and buffer imports, declared here so header values (and names)
 //! are read as bytes: the SDK's `get_map`/`get_map_value` (and even `get_map_bytes`, for names)
-//! turn the bytes into `String` with `unwrap()`, and a Latin-1 byte in a header would panic the
+//! turn the bytes into `String` by unwrapping the UTF-8 check, and a Latin-1 byte in a header would panic the
 //! VM. The SDK also panics on a status it does not expect (`get_buffer`, and
-//! `get_http_request_body` unwraps on top); these return it instead.
+//! `get_http_request_body` unwraps on top, and `get_property` panics on any status but
+//! Ok/NotFound/SerializationFailure/InternalFailure); these return it instead.
 //!
 //! This is the only `unsafe` code of the filters. Each block says why it is sound.
 
@@ -23,6 +24,12 @@ extern "C" {
         map_type: MapType,
         key_data: *const u8,
         key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
@@ -101,4 +108,27 @@ pub fn buffer_bytes(buffer: BufferType, start: usize, max_size: usize) -> Option
         NOT_FOUND => Some(Vec::new()),
         _ => None,
     }
+}
+
+/// A property of the stream or connection (Envoy's attributes, e.g. `["connection",
+/// "sha256_peer_certificate_digest"]`), as the bytes Envoy serialises it to (strings as they
+/// are). `None` when absent or when the host refuses the call. Never panics.
+pub fn property_bytes(path: &[&str]) -> Option<Vec<u8>> {
+    // the path's segments, each followed by a NUL, the last NUL dropped (as the SDK does)
+    let mut serialized: Vec<u8> = Vec::new();
+    for part in path {
+        serialized.extend_from_slice(part.as_bytes());
+        serialized.push(0);
+    }
+    serialized.pop();
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `serialized` is a live byte slice for the duration of the call; the
+    // out-pointers point at live locals; the host only writes a buffer pointer and its size.
+    let status =
+        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+    // SAFETY: as in `header_map_pairs`: the host handed over a buffer from our allocator (or
+    // null), taken back whatever the status.
+    let bytes = unsafe { take_buffer(data, size) };
+    (status == OK && !data.is_null()).then_some(bytes)
 }

@@ -127,6 +127,10 @@ pub trait Host {
     /// from a request-body callback, or after the body ended while the request waited;
     /// requests decided on their headers never touch the body.
     fn request_body(&self, max: usize) -> Option<Vec<u8>>;
+    /// The SHA-256 thumbprint (of the DER) of the client certificate the downstream connection
+    /// presented in a mutual-TLS handshake; `None` without TLS, without a client certificate,
+    /// or when the host cannot say. Costs a host call: read it only when a decision needs it.
+    fn peer_certificate_sha256(&self) -> Option<edgeguard_verdict::binding::Thumbprint>;
     /// Answers locally with edgeguard's JSON error body.
     fn send_json_error(&self, status: u32, message: &str) {
         let body =
@@ -142,12 +146,14 @@ pub trait Host {
 /// JWKS fetches and store syncs run against it, so they are tested natively with
 /// [`TestBackground`].
 pub trait Background {
-    /// Starts an HTTP call through an Envoy cluster; the answer comes back (to the owner's
-    /// callback) with the returned id. `Err` when the call cannot even start.
+    /// Starts an HTTP call through an Envoy cluster with `body` as the request body (empty:
+    /// none); the answer comes back (to the owner's callback) with the returned id. `Err` when
+    /// the call cannot even start.
     fn http_call(
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: std::time::Duration,
     ) -> Result<u64, CallError>;
     /// Writes a log line.
@@ -178,6 +184,8 @@ pub struct Call {
     pub id: u64,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
+    /// The request body (empty: none).
+    pub body: Vec<u8>,
     pub timeout: std::time::Duration,
 }
 
@@ -218,6 +226,7 @@ impl Background for TestBackground {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: std::time::Duration,
     ) -> Result<u64, CallError> {
         if self.refuse_calls.get() {
@@ -237,6 +246,7 @@ impl Background for TestBackground {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            body: body.to_vec(),
             timeout,
         });
         Ok(id)
@@ -326,6 +336,8 @@ pub fn strip_request_headers<H: Host + ?Sized>(strip: &HeaderStrip, host: &H) {
 /// Counters a filter increments. Implementations map names to host metrics.
 pub trait Metrics {
     fn increment(&self, name: &str);
+    /// Adds `n` to a counter.
+    fn add(&self, name: &str, n: u64);
     /// Sets a gauge (implementations that keep no gauges ignore it).
     fn set_gauge(&self, _name: &str, _value: u64) {}
 }
@@ -352,10 +364,14 @@ impl CounterBuffer {
 
 impl Metrics for CounterBuffer {
     fn increment(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    fn add(&self, name: &str, n: u64) {
         let mut pending = self.pending.borrow_mut();
-        match pending.iter_mut().find(|(n, _)| n == name) {
-            Some((_, count)) => *count += 1,
-            None => pending.push((name.to_string(), 1)),
+        match pending.iter_mut().find(|(k, _)| k == name) {
+            Some((_, count)) => *count = count.saturating_add(n),
+            None => pending.push((name.to_string(), n)),
         }
     }
 }
@@ -391,6 +407,10 @@ pub struct TestHost {
     pub logs: RefCell<Vec<(Level, String)>>,
     pub counters: RefCell<BTreeMap<String, u64>>,
     pub gauges: RefCell<BTreeMap<String, u64>>,
+    /// The client certificate's thumbprint (`None`: no mutual TLS / no certificate).
+    pub peer_certificate: std::cell::Cell<Option<edgeguard_verdict::binding::Thumbprint>>,
+    /// How many times the peer certificate was asked for.
+    pub peer_certificate_reads: std::cell::Cell<usize>,
 }
 
 impl TestHost {
@@ -413,6 +433,15 @@ impl TestHost {
     /// The same host holding `body` as the request body.
     pub fn with_body(self, body: &[u8]) -> TestHost {
         *self.body.borrow_mut() = Some(body.to_vec());
+        self
+    }
+
+    /// The same host on a mutual-TLS connection whose client certificate has this thumbprint.
+    pub fn with_peer_certificate(
+        self,
+        thumbprint: edgeguard_verdict::binding::Thumbprint,
+    ) -> TestHost {
+        self.peer_certificate.set(Some(thumbprint));
         self
     }
 
@@ -493,6 +522,12 @@ impl Host for TestHost {
             .map(|b| b.get(..max.min(b.len())).unwrap_or_default().to_vec())
     }
 
+    fn peer_certificate_sha256(&self) -> Option<edgeguard_verdict::binding::Thumbprint> {
+        self.peer_certificate_reads
+            .set(self.peer_certificate_reads.get() + 1);
+        self.peer_certificate.get()
+    }
+
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
     }
@@ -500,11 +535,15 @@ impl Host for TestHost {
 
 impl Metrics for TestHost {
     fn increment(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    fn add(&self, name: &str, n: u64) {
         *self
             .counters
             .borrow_mut()
             .entry(name.to_string())
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     fn set_gauge(&self, name: &str, value: u64) {

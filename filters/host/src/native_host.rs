@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use edgeguard_dynamic_module::{
-    log, CalloutInitError, CalloutResponse, CalloutResult, ConfigEnv, CounterId, EnvoyFilterConfig,
-    EnvoyHttpFilter, GaugeId, LogLevel,
+    log, Attribute, CalloutInitError, CalloutResponse, CalloutResult, ConfigEnv, CounterId,
+    EnvoyFilterConfig, EnvoyHttpFilter, GaugeId, LogLevel,
 };
 
 use crate::{Background, CallError, Host, Level, Metrics};
@@ -216,6 +216,14 @@ impl Host for NativeHost<'_> {
         Some(out)
     }
 
+    fn peer_certificate_sha256(&self) -> Option<edgeguard_verdict::binding::Thumbprint> {
+        // Envoy's attribute `connection.sha256_peer_certificate_digest` (lower-case hex of the
+        // SHA-256 of the certificate's DER; unavailable or empty without a client certificate)
+        let filter = self.filter.borrow();
+        let hex = filter.attribute_bytes(Attribute::PeerCertificateSha256)?;
+        edgeguard_verdict::binding::thumbprint_from_hex(hex)
+    }
+
     fn log(&self, level: Level, message: &str) {
         native_log(level, message);
     }
@@ -231,8 +239,12 @@ impl NativeHost<'_> {
 
 impl Metrics for NativeHost<'_> {
     fn increment(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    fn add(&self, name: &str, n: u64) {
         if let Some(id) = self.metrics.counter(name) {
-            let _ = self.filter.borrow().increment_counter(id, 1);
+            let _ = self.filter.borrow().increment_counter(id, n);
         }
     }
 
@@ -266,6 +278,7 @@ impl Background for NativeBackground<'_> {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: Duration,
     ) -> Result<u64, CallError> {
         let headers: Vec<(&[u8], &[u8])> = headers
@@ -274,7 +287,7 @@ impl Background for NativeBackground<'_> {
             .collect();
         self.config
             .borrow_mut()
-            .http_callout(cluster, &headers, b"", timeout)
+            .http_callout(cluster, &headers, body, timeout)
             .map_err(|e| match e {
                 CalloutInitError::ClusterNotFound => CallError::UnknownCluster,
                 other => CallError::Refused(format!("{other:?}")),
@@ -288,8 +301,12 @@ impl Background for NativeBackground<'_> {
 
 impl Metrics for NativeBackground<'_> {
     fn increment(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    fn add(&self, name: &str, n: u64) {
         if let Some(id) = self.metrics.counter(name) {
-            let _ = self.config.borrow().increment_counter(id, 1);
+            let _ = self.config.borrow().increment_counter(id, n);
         }
     }
 

@@ -80,6 +80,14 @@ impl Host for ProxyWasmHost {
         crate::abi::buffer_bytes(proxy_wasm::types::BufferType::HttpRequestBody, 0, max)
     }
 
+    fn peer_certificate_sha256(&self) -> Option<edgeguard_verdict::binding::Thumbprint> {
+        // Envoy's attribute: the lower-case hex SHA-256 of the peer certificate's DER, empty
+        // (or absent) when the client presented none; only a certificate that passed the TLS
+        // layer's validation gets this far on a listener with require_client_certificate.
+        let hex = crate::abi::property_bytes(&["connection", "sha256_peer_certificate_digest"])?;
+        edgeguard_verdict::binding::thumbprint_from_hex(&hex)
+    }
+
     fn log(&self, level: Level, message: &str) {
         log_line(level, message);
     }
@@ -95,9 +103,11 @@ impl Background for ProxyWasmBackground {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: std::time::Duration,
     ) -> Result<u64, CallError> {
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
+        let body = (!body.is_empty()).then_some(body);
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
             .map(u64::from)
             .map_err(|status| match status {
                 // Envoy answers an unknown cluster with BadArgument
@@ -186,7 +196,11 @@ impl WasmMetrics {
 
 impl Metrics for WasmMetrics {
     fn increment(&self, name: &str) {
-        self.add(name, 1);
+        WasmMetrics::add(self, name, 1);
+    }
+
+    fn add(&self, name: &str, n: u64) {
+        WasmMetrics::add(self, name, n);
     }
 
     fn set_gauge(&self, name: &str, value: u64) {

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use edgeguard_verdict::binding::Thumbprint;
 use edgeguard_verdict::shape::{ClaimError, Shape};
 use rustc_hash::FxBuildHasher;
 
@@ -27,6 +28,9 @@ pub struct Verified {
     pub headers: Vec<(usize, Box<str>)>,
     /// The parsed shape claim, when some rule binds shapes.
     pub shape: Option<Result<Shape, ClaimError>>,
+    /// The client-certificate thumbprint the token is bound to (`cnf.x5t#S256`, RFC 8705),
+    /// checked against the connection on every request, cache hits included.
+    pub x5t_s256: Option<Thumbprint>,
 }
 
 struct Entry {
@@ -194,6 +198,7 @@ mod tests {
             not_after,
             headers: Vec::new(),
             shape: None,
+            x5t_s256: None,
         })
     }
 

@@ -124,6 +124,8 @@ struct RawProvider {
     forward: bool,
     #[serde(default)]
     forward_payload_header: Option<String>,
+    #[serde(default)]
+    require_bound_tokens: bool,
 }
 
 fn default_skew() -> u64 {
@@ -279,6 +281,9 @@ pub struct Provider {
     pub claim_to_headers: Vec<ClaimHeader>,
     pub forward: bool,
     pub forward_payload_header: Option<String>,
+    /// Refuse tokens that are not certificate-bound (RFC 8705: no `cnf.x5t#S256`). Bound
+    /// tokens are checked against the client certificate whatever this says.
+    pub require_bound_tokens: bool,
 }
 
 /// Path matcher of a rule.
@@ -556,6 +561,7 @@ fn provider(name: &str, raw: RawProvider, env: &dyn Env) -> Result<Provider, Con
         claim_to_headers,
         forward: raw.forward,
         forward_payload_header,
+        require_bound_tokens: raw.require_bound_tokens,
     })
 }
 

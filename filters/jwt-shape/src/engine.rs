@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use edgeguard_host::{header_text, Host, Level, Metrics, NotUtf8};
+use edgeguard_verdict::binding;
 use edgeguard_verdict::query::{self, QueryParam};
 use edgeguard_verdict::reply::json_body;
 use edgeguard_verdict::shape::{self, ClaimError};
@@ -296,6 +297,10 @@ fn verify<W, M: Metrics>(
         Ok(v) => v,
         Err(e) => return Verification::Err(e),
     };
+    let x5t_s256 = match binding::confirmation(&claims, provider.require_bound_tokens) {
+        Ok(t) => t,
+        Err(e) => return Verification::Err(e),
+    };
     let shape = config
         .binds_shapes()
         .then(|| shape::shape_from_claim(&config.shape_claim, &claims));
@@ -313,11 +318,22 @@ fn verify<W, M: Metrics>(
         not_after: validity.not_after,
         headers,
         shape,
+        x5t_s256,
     });
     shared
         .cache
         .insert(token, provider_index, generation, verified.clone());
     Verification::Ok(verified)
+}
+
+/// RFC 8705 3: a certificate-bound token is only good on a connection whose client
+/// certificate has the token's thumbprint. The host is asked for the certificate only for
+/// bound tokens (an unbound token costs no host call here).
+fn check_holder<H: Host>(host: &H, verified: &Verified) -> Result<(), TokenError> {
+    match &verified.x5t_s256 {
+        None => Ok(()),
+        Some(bound) => binding::check(bound, host.peer_certificate_sha256().as_ref()),
+    }
 }
 
 /// Decides one request. `may_wait` is false when the request already waited for keys once.
@@ -438,7 +454,11 @@ pub fn on_request<W, H: Host, M: Metrics>(
                         }
                     }
                     Verification::Err(te) => return deny(host, metrics, Denial::token(&te)),
-                    Verification::Ok(_) => {}
+                    Verification::Ok(v) => {
+                        if let Err(te) = check_holder(host, &v) {
+                            return deny(host, metrics, Denial::token(&te));
+                        }
+                    }
                 }
                 return deny(host, metrics, Denial::bad_request("bad_query", e));
             }
@@ -465,6 +485,9 @@ pub fn on_request<W, H: Host, M: Metrics>(
         }
         Verification::Err(e) => return deny(host, metrics, Denial::token(&e)),
     };
+    if let Err(e) = check_holder(host, &verified) {
+        return deny(host, metrics, Denial::token(&e));
+    }
 
     // A POST to a bound route may carry a subset in its body: checked before it goes on.
     let mut body_grant = None;

@@ -63,6 +63,7 @@ pub fn tick<W>(
             match bg.http_call(
                 &remote.cluster,
                 &headers,
+                &[],
                 Duration::from_millis(remote.timeout_ms),
             ) {
                 Ok(call) => {

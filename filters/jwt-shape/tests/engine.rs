@@ -482,3 +482,98 @@ fn vary_merging() {
         Some(b"X-Caf\xe9, Authorization".to_vec())
     );
 }
+
+fn bound_config(require: bool) -> Config {
+    config(json!({
+        "providers": {"p": {"hmac": {"secret": SECRET}, "issuer": "iss",
+            "require_bound_tokens": require}},
+        "rules": [{"match": {"prefix": "/"}, "provider": "p"}]
+    }))
+}
+
+fn denial(h: &TestHost) -> (u32, String) {
+    let r = h.reply.borrow().clone().unwrap();
+    (
+        r.status,
+        r.header("www-authenticate").unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn certificate_bound_tokens() {
+    use edgeguard_verdict::binding::{x5t_s256, Thumbprint};
+    const CERT: Thumbprint = [0x42; 32];
+    const OTHER: Thumbprint = [0x43; 32];
+    let bound = token(json!({"iss": "iss", "exp": NOW + 60.0,
+        "cnf": {"x5t#S256": x5t_s256(&CERT)}}));
+    let plain = token(json!({"iss": "iss", "exp": NOW + 60.0}));
+    let run = |cfg: &Config, state: &Shared<()>, t: &str, cert: Option<Thumbprint>| {
+        let mut h = host("/x", Some(&format!("Bearer {t}")));
+        if let Some(c) = cert {
+            h = h.with_peer_certificate(c);
+        }
+        let outcome = on_request(cfg, state, &h, &h, NOW, true);
+        (outcome, h)
+    };
+    for require in [false, true] {
+        let cfg = bound_config(require);
+        let state = Shared::<()>::new(&cfg);
+        // the holder of the certificate: allowed, twice (the second from the cache, checked again)
+        for _ in 0..2 {
+            let (o, h) = run(&cfg, &state, &bound, Some(CERT));
+            assert_eq!(o, Outcome::Allowed { vary: true });
+            assert_eq!(h.peer_certificate_reads.get(), 1);
+        }
+        // another certificate, or none: 401 invalid_token, from the cache too
+        let (o, h) = run(&cfg, &state, &bound, Some(OTHER));
+        assert_eq!(o, Outcome::Denied);
+        let (status, www) = denial(&h);
+        assert_eq!(status, 401);
+        assert!(www.contains("error=\"invalid_token\""), "{www}");
+        assert!(www.contains("does not match the token's cnf"), "{www}");
+        assert_eq!(
+            h.counter("edgeguard_jwt_shape.denied.certificate_mismatch"),
+            1
+        );
+        let (o, h) = run(&cfg, &state, &bound, None);
+        assert_eq!(o, Outcome::Denied);
+        let (status, www) = denial(&h);
+        assert_eq!(status, 401);
+        assert!(www.contains("no client certificate was presented"), "{www}");
+        assert_eq!(
+            h.counter("edgeguard_jwt_shape.denied.no_client_certificate"),
+            1
+        );
+
+        // an unbound token: a bearer token unless the provider requires binding; the
+        // certificate is never asked for
+        for cert in [None, Some(CERT)] {
+            let (o, h) = run(&cfg, &state, &plain, cert);
+            assert_eq!(h.peer_certificate_reads.get(), 0);
+            if require {
+                assert_eq!(o, Outcome::Denied);
+                let (status, www) = denial(&h);
+                assert_eq!(status, 401);
+                assert!(www.contains("certificate-bound token"), "{www}");
+                assert_eq!(h.counter("edgeguard_jwt_shape.denied.unbound_token"), 1);
+            } else {
+                assert_eq!(o, Outcome::Allowed { vary: true });
+            }
+        }
+
+        // a malformed cnf: 401 whatever the certificate
+        for cnf in [
+            json!("x"),
+            json!({"x5t#S256": "short"}),
+            json!({"jkt": "abc"}),
+        ] {
+            let t = token(json!({"iss": "iss", "exp": NOW + 60.0, "cnf": cnf}));
+            let (o, h) = run(&cfg, &state, &t, Some(CERT));
+            assert_eq!(o, Outcome::Denied, "{cnf}");
+            assert_eq!(denial(&h).0, 401);
+        }
+        // and the good request still passes
+        let (o, _) = run(&cfg, &state, &bound, Some(CERT));
+        assert_eq!(o, Outcome::Allowed { vary: true });
+    }
+}

@@ -21,7 +21,9 @@ use edgeguard_host::{
 };
 use portal_auth::config::Config;
 use portal_auth::engine::{self, Copy, Outcome};
+use portal_auth::meter::Meter;
 use portal_auth::metrics;
+use portal_auth::report::Reporter;
 use portal_auth::sync::{self, Sync};
 
 declare_http_filter!(new_config);
@@ -29,11 +31,12 @@ declare_http_filter!(new_config);
 /// The configuration's scheduler event: a store sync tick.
 const TICK_EVENT: u64 = 1;
 
-/// What only the background owner (main thread) touches: the sync bookkeeping and the copy
-/// updates apply to.
+/// What only the background owner (main thread) touches: the sync bookkeeping, the copy
+/// updates apply to, and the usage reporter.
 struct Writer {
     sync: Sync,
     copy: Copy,
+    reporter: Reporter,
 }
 
 struct State {
@@ -42,6 +45,8 @@ struct State {
     published: ArcSwap<Copy>,
     writer: Mutex<Writer>,
     metrics: NativeMetrics,
+    /// Allowed requests per app, counted by every worker, reported by the main thread.
+    meter: Meter,
 }
 
 /// One Envoy filter configuration.
@@ -54,11 +59,7 @@ struct PortalAuth {
 fn new_config(_name: &str, bytes: &[u8], env: &ConfigEnv) -> Result<Box<dyn FilterConfig>, String> {
     let config = Config::parse(bytes, &ProcessEnv)
         .map_err(|e| format!("edgeguard portal-auth: configuration refused: {e}"))?;
-    let metrics = NativeMetrics::define(
-        env,
-        &metrics::counters(),
-        &[metrics::STORE_VERSION, metrics::STORE_APPS],
-    );
+    let metrics = NativeMetrics::define(env, &metrics::counters(), metrics::GAUGES);
     let scheduler: Arc<ConfigScheduler> = Arc::new(
         env.scheduler()
             .ok_or("edgeguard portal-auth: Envoy gave no scheduler; the store would never load")?,
@@ -70,10 +71,20 @@ fn new_config(_name: &str, bytes: &[u8], env: &ConfigEnv) -> Result<Box<dyn Filt
         TICK_EVENT,
     )
     .map_err(|e| format!("edgeguard portal-auth: cannot start the store sync thread: {e}"))?;
+    let reporter = Reporter::new();
+    let metering = if config.metering.enabled {
+        format!(
+            "; metering as reporter {} every {} ms",
+            reporter.id(),
+            config.metering.report_interval_ms
+        )
+    } else {
+        String::new()
+    };
     native_log(
         Level::Info,
         &format!(
-            "edgeguard portal-auth (native): configured; store from cluster '{}', concurrency {}",
+            "edgeguard portal-auth (native): configured; store from cluster '{}', concurrency {}{metering}",
             config.store.cluster,
             env.concurrency()
         ),
@@ -85,8 +96,10 @@ fn new_config(_name: &str, bytes: &[u8], env: &ConfigEnv) -> Result<Box<dyn Filt
             writer: Mutex::new(Writer {
                 sync: Sync::default(),
                 copy: Copy::default(),
+                reporter,
             }),
             metrics,
+            meter: Meter::default(),
         }),
         _ticker: ticker,
     }))
@@ -104,6 +117,7 @@ impl FilterConfig for PortalAuth {
     fn new_filter(&self) -> Box<dyn Filter> {
         Box::new(Stream {
             state: Arc::clone(&self.state),
+            response_headers: Vec::new(),
         })
     }
 
@@ -112,10 +126,13 @@ impl FilterConfig for PortalAuth {
             return;
         }
         let s = &self.state;
-        let mut w = s.writer();
+        let mut guard = s.writer();
+        let w = &mut *guard;
         let version = w.copy.version;
         let bg = NativeBackground::new(config, &s.metrics);
-        w.sync.tick(&s.config, version, &bg, &bg, native_now());
+        let now = native_now();
+        w.sync.tick(&s.config, version, &bg, &bg, now);
+        w.reporter.tick(&s.config, &s.meter, &bg, &bg, now);
     }
 
     fn on_callout_done(
@@ -131,14 +148,17 @@ impl FilterConfig for PortalAuth {
         let w = &mut *guard;
         let before = (w.copy.version, w.copy.loaded);
         let bg = NativeBackground::new(config, &s.metrics);
-        w.sync.answer(
+        if !w.sync.answer(
             &mut w.copy,
             callout_id,
             status.as_deref(),
             body.as_deref(),
             &bg,
             &bg,
-        );
+        ) {
+            w.reporter
+                .answer(callout_id, status.as_deref(), body.as_deref(), &bg, &bg);
+        }
         if (w.copy.version, w.copy.loaded) != before {
             // a clone shares the bulk of the data (see StoreCopy): cheap to publish
             s.published.store(Arc::new(w.copy.clone()));
@@ -149,6 +169,8 @@ impl FilterConfig for PortalAuth {
 /// One HTTP stream.
 struct Stream {
     state: Arc<State>,
+    /// Quota headers for the response (`quota_headers: "all"`).
+    response_headers: engine::ResponseHeaders,
 }
 
 impl Filter for Stream {
@@ -160,9 +182,27 @@ impl Filter for Stream {
         let s = &self.state;
         let copy = s.published.load();
         let host = NativeHost::new(f, &s.metrics);
-        match engine::on_request(&s.config, &copy, &host, &host) {
+        let cx = engine::Context {
+            meter: &s.meter,
+            now: || native_now() as i64,
+        };
+        let decision = engine::on_request(&s.config, &copy, &host, &host, &cx);
+        self.response_headers = decision.response_headers;
+        match decision.outcome {
             Outcome::Denied => HeadersStatus::StopIteration,
             Outcome::Allowed | Outcome::FailedOpen => HeadersStatus::Continue,
         }
+    }
+
+    fn on_response_headers(
+        &mut self,
+        f: &mut EnvoyHttpFilter,
+        _end_of_stream: bool,
+    ) -> HeadersStatus {
+        if !self.response_headers.is_empty() {
+            let host = NativeHost::new(f, &self.state.metrics);
+            engine::on_response(&host, &self.response_headers);
+        }
+        HeadersStatus::Continue
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Deserialize;
 
 pub use edgeguard_host::{ConfigError, Env, HeaderStrip, ProcessEnv, Secret};
+pub use edgeguard_verdict::quota::QuotaHeaders;
 
 fn err(field: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError::new(field, message)
@@ -54,6 +55,38 @@ fn default_timeout_ms() -> u64 {
     5000
 }
 
+/// Usage metering: allowed requests counted per app and reported to `edgeguard authz`
+/// (`POST` to the store cluster, same authority and token as the store feed).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Metering {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often counts are reported (and an unacknowledged report resent).
+    #[serde(default = "default_report_interval_ms")]
+    pub report_interval_ms: u64,
+    /// The usage endpoint on `edgeguard authz`'s HTTP port.
+    #[serde(default = "default_usage_path")]
+    pub path: String,
+}
+
+impl Default for Metering {
+    fn default() -> Metering {
+        Metering {
+            enabled: false,
+            report_interval_ms: default_report_interval_ms(),
+            path: default_usage_path(),
+        }
+    }
+}
+
+fn default_report_interval_ms() -> u64 {
+    1000
+}
+fn default_usage_path() -> String {
+    edgeguard_verdict::portal_wire::USAGE_PATH.to_string()
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +103,15 @@ pub struct Config {
     strip_patterns: Vec<String>,
     #[serde(skip)]
     pub strip: HeaderStrip,
+    /// Usage metering (off unless `metering.enabled`).
+    #[serde(default)]
+    pub metering: Metering,
+    /// Which answers carry `RateLimit-Policy` / `RateLimit`: `denied` (429 only, with
+    /// `Retry-After`) or `all` (also allowed requests of accounts with a monthly limit).
+    #[serde(default, rename = "quota_headers")]
+    quota_headers_name: Option<String>,
+    #[serde(skip)]
+    pub quota_headers: QuotaHeaders,
     /// The store token (from `store.token_env`).
     #[serde(skip)]
     pub store_token: Secret,
@@ -93,6 +135,20 @@ impl Config {
         }
         if !(1..=60_000).contains(&c.store.timeout_ms) {
             return Err(err("store.timeout_ms", "must be between 1 and 60000"));
+        }
+        if !(100..=60_000).contains(&c.metering.report_interval_ms) {
+            return Err(err(
+                "metering.report_interval_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if !c.metering.path.starts_with('/') {
+            return Err(err("metering.path", "must start with '/'"));
+        }
+        if let Some(name) = &c.quota_headers_name {
+            c.quota_headers = name
+                .parse::<QuotaHeaders>()
+                .map_err(|e| err("quota_headers", e))?;
         }
         c.strip = edgeguard_host::parse_header_strip("strip_request_headers", &c.strip_patterns)?;
         if let Some(n) = c.strip_patterns.iter().find(|p| {
@@ -186,5 +242,46 @@ mod tests {
         let e = Config::parse_test(br#"{"store": {"cluster": "a"}, "typo": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `typo`"));
         assert!(Config::parse_test(b"[]").is_err());
+    }
+
+    #[test]
+    fn metering_and_quota_headers() {
+        let c = Config::parse_test(br#"{"store": {"cluster": "a"}}"#).unwrap();
+        assert_eq!(c.metering, Metering::default());
+        assert!(!c.metering.enabled);
+        assert_eq!(c.metering.report_interval_ms, 1000);
+        assert_eq!(c.metering.path, "/store/v1/usage");
+        assert_eq!(c.quota_headers, QuotaHeaders::Denied);
+        let c = Config::parse_test(
+            br#"{"store": {"cluster": "a"}, "quota_headers": "all",
+                 "metering": {"enabled": true, "report_interval_ms": 250, "path": "/u"}}"#,
+        )
+        .unwrap();
+        assert!(c.metering.enabled);
+        assert_eq!(c.metering.report_interval_ms, 250);
+        assert_eq!(c.metering.path, "/u");
+        assert_eq!(c.quota_headers, QuotaHeaders::All);
+        let refused = |json: &str| {
+            Config::parse_test(format!(r#"{{"store": {{"cluster": "a"}}, {json}}}"#).as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused(r#""metering": {"report_interval_ms": 99}"#),
+            "metering.report_interval_ms: must be between 100 and 60000"
+        );
+        assert_eq!(
+            refused(r#""metering": {"report_interval_ms": 60001}"#),
+            "metering.report_interval_ms: must be between 100 and 60000"
+        );
+        assert_eq!(
+            refused(r#""metering": {"path": "store/v1/usage"}"#),
+            "metering.path: must start with '/'"
+        );
+        assert_eq!(
+            refused(r#""quota_headers": "sometimes""#),
+            "quota_headers: 'sometimes' is not one of denied, all"
+        );
+        assert!(refused(r#""metering": {"enable": true}"#).contains("unknown field `enable`"));
     }
 }

@@ -1,11 +1,13 @@
 //! The request path, against [`Host`]: the portal verdict on the local store copy.
 
 use edgeguard_host::{Host, Level, Metrics};
-use edgeguard_verdict::portal::{self, CheckOptions, Headers};
+use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers, PortalView};
 use edgeguard_verdict::portal_wire::StoreCopy;
+use edgeguard_verdict::quota::{QuotaHeaders, QuotaState};
 use rustc_hash::FxBuildHasher;
 
 use crate::config::Config;
+use crate::meter::Meter;
 use crate::metrics;
 
 /// The per-VM copy of the store.
@@ -59,13 +61,84 @@ pub enum Outcome {
     FailedOpen,
 }
 
+/// Response headers an allowed request's answer gets (`quota_headers: "all"`): set them in
+/// the response-headers callback with [`on_response`]. Empty (no allocation) otherwise.
+pub type ResponseHeaders = Vec<(&'static str, String)>;
+
+/// What the request path needs besides the host: the meter (counted into when metering is on)
+/// and the clock (Unix seconds), asked only when quota headers are written.
+pub struct Context<'a, N: Fn() -> i64> {
+    pub meter: &'a Meter,
+    pub now: N,
+}
+
+/// A decision: the outcome, and the headers the response gets when it was allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub response_headers: ResponseHeaders,
+}
+
+impl From<Outcome> for Decision {
+    fn from(outcome: Outcome) -> Decision {
+        Decision {
+            outcome,
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+/// Sets the headers [`on_request`] kept for the response.
+pub fn on_response<H: Host>(host: &H, headers: &[(&'static str, String)]) {
+    for (k, v) in headers {
+        host.set_response_header(k, v.as_bytes());
+    }
+}
+
+/// The quota headers of `app`'s account (none without a monthly limit; the clock is asked
+/// only when there is one).
+fn quota_headers<N: Fn() -> i64>(
+    copy: &Copy,
+    app: &portal::PortalApp,
+    now: &N,
+    retry_after: bool,
+) -> ResponseHeaders {
+    if app.monthly_limit().is_none() {
+        return Vec::new();
+    }
+    QuotaState::of(app, copy.usage(&app.account_id), now())
+        .map(|q| q.headers(retry_after))
+        .unwrap_or_default()
+}
+
+/// Answers a denial locally; a 429 carries `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+fn deny<H: Host, N: Fn() -> i64>(copy: &Copy, host: &H, d: &Denial, now: &N) {
+    let status = u32::from(d.http_status());
+    let quota = match d {
+        Denial::RateLimited { app_id, .. } => copy
+            .app(app_id)
+            .map(|app| quota_headers(copy, app, now, true))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if quota.is_empty() {
+        host.send_json_error(status, d.message());
+        return;
+    }
+    let body = edgeguard_verdict::reply::json_body(d.http_status(), d.message());
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(quota.iter().map(|(k, v)| (*k, v.as_str())));
+    host.send_response(status, &headers, &body);
+}
+
 /// Decides one request.
-pub fn on_request<H: Host, M: Metrics>(
+pub fn on_request<H: Host, M: Metrics, N: Fn() -> i64>(
     config: &Config,
     copy: &Copy,
     host: &H,
     metrics: &M,
-) -> Outcome {
+    cx: &Context<'_, N>,
+) -> Decision {
     let headers = RequestHeaders::new(host.request_headers());
     for n in headers.names().filter(|n| config.strip.matches(n)) {
         host.remove_request_header(n);
@@ -80,7 +153,7 @@ pub fn on_request<H: Host, M: Metrics>(
             host.remove_request_header(n);
         }
         metrics.increment(metrics::FAILED_OPEN);
-        return Outcome::FailedOpen;
+        return Outcome::FailedOpen.into();
     }
     let path = headers.get(":path").unwrap_or("").to_string();
     let options = CheckOptions {
@@ -105,7 +178,18 @@ pub fn on_request<H: Host, M: Metrics>(
                 }
             }
             metrics.increment(metrics::ALLOWED);
-            Outcome::Allowed
+            if config.metering.enabled {
+                cx.meter.count(&allowed.app_id, &allowed.app.account_id);
+            }
+            let response_headers = if config.quota_headers == QuotaHeaders::All {
+                quota_headers(copy, allowed.app, &cx.now, false)
+            } else {
+                Vec::new()
+            };
+            Decision {
+                outcome: Outcome::Allowed,
+                response_headers,
+            }
         }
         Err(d) => {
             host.log(
@@ -113,8 +197,8 @@ pub fn on_request<H: Host, M: Metrics>(
                 &format!("edgeguard portal-auth: {d} ({})", d.error_type()),
             );
             metrics.increment(&metrics::denied(&d));
-            host.send_json_error(u32::from(d.http_status()), d.message());
-            Outcome::Denied
+            deny(copy, host, &d, &cx.now);
+            Outcome::Denied.into()
         }
     }
 }

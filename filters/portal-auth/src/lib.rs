@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod meter;
 pub mod metrics;
+pub mod report;
 pub mod sync;
 
 #[cfg(target_arch = "wasm32")]

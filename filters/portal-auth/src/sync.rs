@@ -94,6 +94,7 @@ impl Sync {
         match bg.http_call(
             &source.cluster,
             &headers,
+            &[],
             Duration::from_millis(source.timeout_ms),
         ) {
             Ok(call) => self.call = Some(call),

@@ -14,7 +14,9 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::Config;
 use crate::engine::{self, Copy};
+use crate::meter::Meter;
 use crate::metrics;
+use crate::report::Reporter;
 use crate::sync::{self, Sync};
 
 /// Largest store update read (100k apps are ~8 MiB).
@@ -24,7 +26,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         log_line(Level::Critical, &format!("edgeguard portal-auth: panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None, sync: Sync::default() }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None, sync: Sync::default(), reporter: Reporter::new() }) });
 }}
 
 struct Shared {
@@ -33,11 +35,14 @@ struct Shared {
     metrics: WasmMetrics,
     /// The request path's counters, flushed to `metrics` on every tick.
     request_metrics: CounterBuffer,
+    /// Allowed requests per app, reported by the root's [`Reporter`].
+    meter: Meter,
 }
 
 struct Root {
     shared: Option<Rc<Shared>>,
     sync: Sync,
+    reporter: Reporter,
 }
 
 impl Context for Root {
@@ -59,15 +64,24 @@ impl Context for Root {
                 .ok()
                 .flatten()
         };
+        let call = u64::from(token_id);
         let mut copy = shared.copy.borrow_mut();
-        self.sync.answer(
+        if !self.sync.answer(
             &mut copy,
-            u64::from(token_id),
+            call,
             status.as_deref(),
             body.as_deref(),
             &ProxyWasmBackground,
             &shared.metrics,
-        );
+        ) {
+            self.reporter.answer(
+                call,
+                status.as_deref(),
+                body.as_deref(),
+                &ProxyWasmBackground,
+                &shared.metrics,
+            );
+        }
     }
 }
 
@@ -92,10 +106,19 @@ impl RootContext for Root {
             m.define(&name);
         }
         let tick = sync::tick_period(&config.store);
+        let metering = if config.metering.enabled {
+            format!(
+                "; metering as reporter {} every {} ms",
+                self.reporter.id(),
+                config.metering.report_interval_ms
+            )
+        } else {
+            String::new()
+        };
         log_line(
             Level::Info,
             &format!(
-                "edgeguard portal-auth: configured; store from cluster '{}'",
+                "edgeguard portal-auth: configured; store from cluster '{}'{metering}",
                 config.store.cluster
             ),
         );
@@ -104,6 +127,7 @@ impl RootContext for Root {
             copy: RefCell::new(Copy::default()),
             metrics: m,
             request_metrics: CounterBuffer::default(),
+            meter: Meter::default(),
         }));
         if hostcalls::set_tick_period(tick).is_err() {
             log_line(
@@ -121,18 +145,27 @@ impl RootContext for Root {
         };
         shared.metrics.flush(&shared.request_metrics);
         let version = shared.copy.borrow().version;
+        let t = now();
         self.sync.tick(
             &shared.config,
             version,
             &ProxyWasmBackground,
             &shared.metrics,
-            now(),
+            t,
+        );
+        self.reporter.tick(
+            &shared.config,
+            &shared.meter,
+            &ProxyWasmBackground,
+            &shared.metrics,
+            t,
         );
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             shared: self.shared.clone(),
+            response_headers: Vec::new(),
         }))
     }
 
@@ -143,6 +176,8 @@ impl RootContext for Root {
 
 struct Http {
     shared: Option<Rc<Shared>>,
+    /// Quota headers for the response (`quota_headers: "all"`).
+    response_headers: engine::ResponseHeaders,
 }
 
 impl Context for Http {}
@@ -154,14 +189,29 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let copy = shared.copy.borrow();
-        match engine::on_request(
+        let cx = engine::Context {
+            meter: &shared.meter,
+            // one host call, made only when quota headers are written
+            now: || now() as i64,
+        };
+        let decision = engine::on_request(
             &shared.config,
             &copy,
             &ProxyWasmHost,
             &shared.request_metrics,
-        ) {
+            &cx,
+        );
+        self.response_headers = decision.response_headers;
+        match decision.outcome {
             engine::Outcome::Denied => Action::Pause,
             engine::Outcome::Allowed | engine::Outcome::FailedOpen => Action::Continue,
         }
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if !self.response_headers.is_empty() {
+            engine::on_response(&ProxyWasmHost, &self.response_headers);
+        }
+        Action::Continue
     }
 }

@@ -6,7 +6,21 @@ use edgeguard_host::TestHost;
 use edgeguard_verdict::portal::{key_digest, AppAuth, PortalApp};
 use edgeguard_verdict::portal_wire::{AppChange, Update, UsageChange};
 use portal_auth::config::{Config, Env};
-use portal_auth::engine::{on_request, Copy, Outcome};
+use portal_auth::engine::{on_request, on_response, Context, Copy, Decision, Outcome};
+use portal_auth::meter::Meter;
+
+/// 2027-01-01T00:00:00Z minus 100 s: the quota resets in 100 s, the month is 31 days.
+const NOW: i64 = 1_798_761_600 - 100;
+
+/// Decides with `meter`, the clock at [`NOW`].
+fn decide_with(cfg: &Config, c: &Copy, h: &TestHost, meter: &Meter) -> Decision {
+    let cx = Context { meter, now: || NOW };
+    on_request(cfg, c, h, h, &cx)
+}
+
+fn decide(cfg: &Config, c: &Copy, h: &TestHost) -> Outcome {
+    decide_with(cfg, c, h, &Meter::default()).outcome
+}
 
 fn config(extra: &str) -> Config {
     Config::parse(
@@ -52,6 +66,10 @@ fn copy() -> Copy {
                 id: "over".into(),
                 app: Some(app("acc3", "PLAN_FREE", 0, None)),
             },
+            AppChange {
+                id: "plain".into(),
+                app: Some(app("acc4", "PLAN_UNLIMITED", 0, None)),
+            },
         ],
         usage: vec![UsageChange {
             account_id: "acc3".into(),
@@ -82,7 +100,7 @@ fn allowed_requests_are_stamped_and_spoofs_removed() {
             ("portal-x", "y"),
         ],
     );
-    assert_eq!(on_request(&cfg, &c, &h, &h), Outcome::Allowed);
+    assert_eq!(decide(&cfg, &c, &h), Outcome::Allowed);
     assert_eq!(h.header("portal-application-id").as_deref(), Some("keyed"));
     assert_eq!(h.header("portal-account-id").as_deref(), Some("acc2"));
     assert_eq!(h.header("rl-user-limit-40").as_deref(), Some("acc2"));
@@ -114,7 +132,7 @@ fn denials_match_peas() {
     ];
     for (path, hdrs, status, msg) in cases {
         let h = host(path, &hdrs);
-        assert_eq!(on_request(&cfg, &c, &h, &h), Outcome::Denied);
+        assert_eq!(decide(&cfg, &c, &h), Outcome::Denied);
         let r = h.reply.borrow().clone().unwrap();
         assert_eq!(r.status, status, "{path}");
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -128,22 +146,162 @@ fn denials_match_peas() {
     }
     // the header wins over the path; duplicate headers are joined as ext_authz joins them
     let h = host("/v1/nope", &[("portal-application-id", "free")]);
-    assert_eq!(on_request(&cfg, &c, &h, &h), Outcome::Allowed);
+    assert_eq!(decide(&cfg, &c, &h), Outcome::Allowed);
 }
 
 #[test]
 fn store_never_loaded() {
     let h = host("/v1/free", &[("rl-plan-free", "spoof")]);
-    assert_eq!(
-        on_request(&config(""), &Copy::default(), &h, &h),
-        Outcome::Denied
-    );
+    assert_eq!(decide(&config(""), &Copy::default(), &h), Outcome::Denied);
     assert_eq!(h.reply.borrow().as_ref().unwrap().status, 503);
     let h = host("/v1/free", &[("rl-plan-free", "spoof")]);
     assert_eq!(
-        on_request(&config(r#", "fail_open": true"#), &Copy::default(), &h, &h),
+        decide(&config(r#", "fail_open": true"#), &Copy::default(), &h),
         Outcome::FailedOpen
     );
     assert_eq!(h.header("rl-plan-free"), None);
     assert!(h.reply.borrow().is_none());
+}
+
+fn drained(meter: &Meter) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = meter
+        .drain(usize::MAX)
+        .into_iter()
+        .map(|e| (e.app_id, e.account_id, e.relays))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn metering_counts_only_allowed_requests() {
+    let cfg = config(r#", "metering": {"enabled": true}"#);
+    let c = copy();
+    let meter = Meter::default();
+    let run = |path: &str, extra: &[(&str, &str)]| {
+        let h = host(path, extra);
+        decide_with(&cfg, &c, &h, &meter).outcome
+    };
+    assert_eq!(run("/v1/free", &[]), Outcome::Allowed);
+    assert_eq!(run("/v1/free/x", &[]), Outcome::Allowed);
+    assert_eq!(
+        run("/v1/keyed", &[("authorization", "Bearer k1")]),
+        Outcome::Allowed
+    );
+    // denials count nothing: unauthorized, rate limited, unknown app, no app id
+    assert_eq!(
+        run("/v1/keyed", &[("authorization", "Bearer nope")]),
+        Outcome::Denied
+    );
+    assert_eq!(run("/v1/over", &[]), Outcome::Denied);
+    assert_eq!(run("/v1/nope", &[]), Outcome::Denied);
+    assert_eq!(run("/x", &[]), Outcome::Denied);
+    // failed open (store never loaded) counts nothing either
+    let open = config(r#", "fail_open": true, "metering": {"enabled": true}"#);
+    let h = host("/v1/free", &[]);
+    assert_eq!(
+        decide_with(&open, &Copy::default(), &h, &meter).outcome,
+        Outcome::FailedOpen
+    );
+    assert_eq!(meter.total(), 3);
+    assert_eq!(
+        drained(&meter),
+        vec![
+            ("free".into(), "acc1".into(), 2),
+            ("keyed".into(), "acc2".into(), 1)
+        ]
+    );
+
+    // metering off: allowed requests are not counted
+    let off = config("");
+    let h = host("/v1/free", &[]);
+    assert_eq!(decide_with(&off, &c, &h, &meter).outcome, Outcome::Allowed);
+    assert_eq!(meter.total(), 3);
+}
+
+#[test]
+fn rate_limited_answers_carry_retry_after_and_ratelimit_headers() {
+    for extra in ["", r#", "quota_headers": "all""#] {
+        let cfg = config(extra);
+        let c = copy();
+        let h = host("/v1/over", &[]);
+        let d = decide_with(&cfg, &c, &h, &Meter::default());
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(d.response_headers.is_empty());
+        let r = h.reply.borrow().clone().unwrap();
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("retry-after"), Some("100"));
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"monthly\";q=1000000;w=2678400")
+        );
+        assert_eq!(r.header("ratelimit"), Some("\"monthly\";r=0;t=100"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["code"], 429);
+    }
+    // other denials carry none of them
+    let h = host("/v1/keyed", &[("authorization", "Bearer nope")]);
+    decide(&config(""), &copy(), &h);
+    let r = h.reply.borrow().clone().unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.header("ratelimit"), None);
+}
+
+#[test]
+fn quota_headers_all_go_on_the_response_of_allowed_requests() {
+    let all = config(r#", "quota_headers": "all""#);
+    let c = copy();
+    let clock_reads = std::cell::Cell::new(0);
+    let meter = Meter::default();
+    let run = |cfg: &Config, path: &str, extra: &[(&str, &str)]| {
+        let h = host(path, extra);
+        let cx = Context {
+            meter: &meter,
+            now: || {
+                clock_reads.set(clock_reads.get() + 1);
+                NOW
+            },
+        };
+        let d = on_request(cfg, &c, &h, &h, &cx);
+        (d, h)
+    };
+
+    let (d, h) = run(&all, "/v1/free", &[]);
+    assert_eq!(d.outcome, Outcome::Allowed);
+    // on the response, not on the request to the upstream
+    assert_eq!(h.header("ratelimit"), None);
+    assert_eq!(h.header("ratelimit-policy"), None);
+    assert_eq!(h.response("ratelimit"), None);
+    on_response(&h, &d.response_headers);
+    assert_eq!(
+        h.response("ratelimit-policy").as_deref(),
+        Some("\"monthly\";q=1000000;w=2678400")
+    );
+    assert_eq!(
+        h.response("ratelimit").as_deref(),
+        Some("\"monthly\";r=1000000;t=100")
+    );
+    assert_eq!(h.response("retry-after"), None);
+    assert_eq!(clock_reads.get(), 1);
+
+    let (d, h) = run(&all, "/v1/keyed", &[("authorization", "Bearer k1")]);
+    on_response(&h, &d.response_headers);
+    assert_eq!(
+        h.response("ratelimit-policy").as_deref(),
+        Some("\"monthly\";q=40000000;w=2678400")
+    );
+
+    // no monthly limit: no headers, and the clock is not read
+    let (d, _) = run(&all, "/v1/plain", &[]);
+    assert_eq!(d.outcome, Outcome::Allowed);
+    assert!(d.response_headers.is_empty());
+    assert_eq!(clock_reads.get(), 2);
+
+    // the default (denied): allowed answers carry nothing, and the clock is not read
+    let (d, _) = run(&config(""), "/v1/free", &[]);
+    assert_eq!(d.outcome, Outcome::Allowed);
+    assert!(d.response_headers.is_empty());
+    assert_eq!(clock_reads.get(), 2);
 }

@@ -9,7 +9,8 @@ use edgeguard_host::TestHost;
 use edgeguard_verdict::portal::{key_digest, AppAuth, PortalApp};
 use edgeguard_verdict::portal_wire::{AppChange, Update};
 use portal_auth::config::{Config, Env};
-use portal_auth::engine::{on_request, Copy, Outcome};
+use portal_auth::engine::{on_request, Context, Copy, Outcome};
+use portal_auth::meter::Meter;
 use proptest::prelude::*;
 
 struct TokenEnv;
@@ -23,7 +24,8 @@ impl Env for TokenEnv {
 fn config() -> Config {
     Config::parse(
         br#"{"store": {"cluster": "authz"}, "rate_limit_headers": true,
-             "strip_request_headers": ["x-edgeguard-*"]}"#,
+             "strip_request_headers": ["x-edgeguard-*"],
+             "metering": {"enabled": true}, "quota_headers": "all"}"#,
         &TokenEnv,
     )
     .unwrap()
@@ -62,7 +64,14 @@ fn copy() -> Copy {
 
 fn run(headers: &[(&str, &[u8])]) -> (Outcome, TestHost) {
     let h = TestHost::with_raw_headers(headers);
-    let out = on_request(&config(), &copy(), &h, &h);
+    let meter = Meter::default();
+    let cx = Context {
+        meter: &meter,
+        now: || 1_798_761_500,
+    };
+    let out = on_request(&config(), &copy(), &h, &h, &cx).outcome;
+    // exactly the allowed requests are metered
+    assert_eq!(meter.total(), u64::from(out == Outcome::Allowed));
     (out, h)
 }
 

@@ -280,6 +280,96 @@ impl<S: BuildHasher + Default + Clone> PortalView for StoreCopy<S> {
     }
 }
 
+/// Path of the usage report endpoint on `edgeguard authz`'s HTTP port (`POST`, the same
+/// bearer token as the snapshot feed).
+pub const USAGE_PATH: &str = "/store/v1/usage";
+/// Content type of an encoded [`UsageReport`] and of its [`UsageAck`].
+pub const USAGE_CONTENT_TYPE: &str = "application/x-edgeguard-usage-report;v=1";
+/// Most entries in one report (one per app counted since the last report).
+pub const MAX_REPORT_ENTRIES: usize = 200_000;
+/// Longest reporter id.
+pub const MAX_REPORTER_BYTES: usize = 64;
+
+/// Relays a metering filter counted since its previous report, identified so that a retried
+/// report is applied at most once: `(reporter, seq)` is unique. A reporter is one filter
+/// instance (a random id chosen at start); `seq` counts its reports from 1. A reporter sends
+/// one report at a time and resends the same report (same `seq`, same entries) until it is
+/// acknowledged; counts taken meanwhile wait for the next one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub reporter: String,
+    pub seq: u64,
+    pub entries: Vec<UsageEntry>,
+}
+
+/// Allowed requests of one app (of one account) since the previous report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub app_id: String,
+    pub account_id: String,
+    pub relays: u64,
+}
+
+/// The answer to a [`UsageReport`]: it is durably recorded (`applied`), or was already
+/// (`applied == false`: a retry of a report applied before). Either way the reporter may
+/// forget it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAck {
+    pub reporter: String,
+    pub seq: u64,
+    pub applied: bool,
+}
+
+impl UsageReport {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks the bounds (entries, id lengths, a positive `seq`).
+    pub fn decode(bytes: &[u8]) -> Result<UsageReport, String> {
+        let r: UsageReport = postcard::from_bytes(bytes)
+            .map_err(|e| format!("usage report does not decode: {e}"))?;
+        if r.reporter.is_empty() || r.reporter.len() > MAX_REPORTER_BYTES {
+            return Err(format!(
+                "usage report reporter id must be 1..={MAX_REPORTER_BYTES} bytes"
+            ));
+        }
+        if r.seq == 0 {
+            return Err("usage report seq must be positive".into());
+        }
+        if r.entries.len() > MAX_REPORT_ENTRIES {
+            return Err(format!(
+                "usage report has {} entries, more than {MAX_REPORT_ENTRIES}",
+                r.entries.len()
+            ));
+        }
+        if r.entries
+            .iter()
+            .any(|e| e.app_id.is_empty() || e.app_id.len() > 256 || e.account_id.len() > 256)
+        {
+            return Err("usage report entry with an empty or over-long id".into());
+        }
+        Ok(r)
+    }
+
+    /// Relays in the report.
+    pub fn relays(&self) -> u64 {
+        self.entries
+            .iter()
+            .fold(0u64, |n, e| n.saturating_add(e.relays))
+    }
+}
+
+impl UsageAck {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<UsageAck, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("usage ack does not decode: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +536,38 @@ mod tests {
         assert_eq!(c.app("app3").map(|a| &*a.account_id), Some("acc3"));
         assert_eq!(c.app_count(), 3000 - 750);
         assert!(published.app("app2").is_some(), "still the old snapshot");
+    }
+
+    #[test]
+    fn usage_reports_round_trip_and_are_bounded() {
+        let r = UsageReport {
+            reporter: "r1".into(),
+            seq: 3,
+            entries: vec![UsageEntry {
+                app_id: "a".into(),
+                account_id: "x".into(),
+                relays: 5,
+            }],
+        };
+        assert_eq!(UsageReport::decode(&r.encode()), Ok(r.clone()));
+        assert_eq!(r.relays(), 5);
+        let zero = UsageReport {
+            seq: 0,
+            ..r.clone()
+        };
+        assert!(UsageReport::decode(&zero.encode()).is_err());
+        let anon = UsageReport {
+            reporter: String::new(),
+            ..r.clone()
+        };
+        assert!(UsageReport::decode(&anon.encode()).is_err());
+        assert!(UsageReport::decode(b"\xff\xff").is_err());
+        let ack = UsageAck {
+            reporter: "r1".into(),
+            seq: 3,
+            applied: true,
+        };
+        assert_eq!(UsageAck::decode(&ack.encode()), Ok(ack));
     }
 
     #[test]

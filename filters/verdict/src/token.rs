@@ -141,6 +141,16 @@ pub enum TokenError {
     },
     Issuer,
     Audience,
+    /// RFC 8705 3: the token is certificate-bound (`cnf.x5t#S256`) and the connection
+    /// presented no client certificate.
+    NoClientCertificate,
+    /// RFC 8705 3: the client certificate's SHA-256 thumbprint is not the token's
+    /// `cnf.x5t#S256`.
+    CertificateMismatch,
+    /// The provider requires certificate-bound tokens and this one has no `cnf.x5t#S256`.
+    Unbound,
+    /// `cnf` names a confirmation method this filter cannot check (only `x5t#S256`).
+    UnsupportedConfirmation(String),
 }
 
 impl TokenError {
@@ -161,6 +171,10 @@ impl TokenError {
             TokenError::ClaimType { .. } => "claim_type",
             TokenError::Issuer => "issuer",
             TokenError::Audience => "audience",
+            TokenError::NoClientCertificate => "no_client_certificate",
+            TokenError::CertificateMismatch => "certificate_mismatch",
+            TokenError::Unbound => "unbound_token",
+            TokenError::UnsupportedConfirmation(_) => "unsupported_cnf",
         }
     }
 }
@@ -184,6 +198,19 @@ impl fmt::Display for TokenError {
             }
             TokenError::Issuer => f.write_str("token issuer is not accepted"),
             TokenError::Audience => f.write_str("token audience is not accepted"),
+            TokenError::NoClientCertificate => f.write_str(
+                "token is bound to a client certificate (cnf x5t#S256) and no client certificate was presented",
+            ),
+            TokenError::CertificateMismatch => f.write_str(
+                "the client certificate does not match the token's cnf x5t#S256 thumbprint",
+            ),
+            TokenError::Unbound => f.write_str(
+                "a certificate-bound token (cnf x5t#S256) is required",
+            ),
+            TokenError::UnsupportedConfirmation(m) => write!(
+                f,
+                "token's cnf uses confirmation method '{m}', which cannot be checked here (only x5t#S256)"
+            ),
         }
     }
 }

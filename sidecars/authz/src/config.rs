@@ -190,6 +190,53 @@ pub struct AuthzArgs {
     #[arg(long, env = "EDGEGUARD_STRIP_REQUEST_HEADERS", default_value = "x-edgeguard-*",
           value_parser = strip_list)]
     pub strip_request_headers: HeaderStrip,
+
+    /// Usage metering: count every request a portal-app verdict allows (this service's own
+    /// Checks and the portal-auth filters' reports on `POST /store/v1/usage`) and add the
+    /// counts to `account_monthly_usage.metered_relays` (Postgres; DB-less: memory). Off by
+    /// default: an existing pipeline that already meters the same traffic into the table
+    /// would count it twice.
+    #[arg(long, env = "EDGEGUARD_METERING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metering: bool,
+
+    /// How often metered counts are written (one statement per flush).
+    #[arg(long, env = "EDGEGUARD_METERING_FLUSH_INTERVAL", default_value = "1s",
+          value_parser = go_duration("EDGEGUARD_METERING_FLUSH_INTERVAL", Duration::from_secs(1)))]
+    pub metering_flush_interval: Duration,
+
+    /// How often usage rows changed in the last seconds are re-read (Postgres), so a quota
+    /// crossed through another replica (or an external writer that sets `updated_at`) is
+    /// enforced here too. Default 500ms with metering on; `0` turns it off without metering.
+    #[arg(long, env = "EDGEGUARD_USAGE_POLL_INTERVAL")]
+    pub usage_poll_interval: Option<String>,
+
+    /// Which answers carry `RateLimit-Policy` / `RateLimit` (and `Retry-After` on 429):
+    /// `denied` (429 only, default) or `all` (allowed answers of accounts with a limit too).
+    #[arg(long, env = "EDGEGUARD_QUOTA_HEADERS", default_value = "denied")]
+    pub quota_headers: edgeguard_verdict::quota::QuotaHeaders,
+
+    /// Test only: shifts this service's clock for usage months (seconds), so a test can start
+    /// just before a month ends.
+    #[arg(
+        long,
+        env = "EDGEGUARD_TEST_CLOCK_OFFSET_SECONDS",
+        default_value_t = 0,
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    pub test_clock_offset_seconds: i64,
+}
+
+impl AuthzArgs {
+    /// The usage poll interval: explicit, else 500 ms with metering, else none.
+    pub fn usage_poll(&self) -> Result<Option<Duration>, String> {
+        match self.usage_poll_interval.as_deref().map(str::trim) {
+            None | Some("") => Ok(self.metering.then_some(Duration::from_millis(500))),
+            Some("0") => Ok(None),
+            Some(v) => go_duration("EDGEGUARD_USAGE_POLL_INTERVAL", Duration::from_millis(500))(v)
+                .map(Some),
+        }
+    }
 }
 
 fn strip_list(s: &str) -> Result<HeaderStrip, String> {

@@ -24,6 +24,13 @@ pub use server::run;
 /// Read access to the current store snapshot (cheap: an `Arc` clone).
 pub trait StoreHandle: Send + Sync {
     fn view(&self) -> Arc<dyn PortalView + Send + Sync>;
+    /// The clock quotas are counted by (Unix seconds): when the month resets.
+    fn now_unix(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
 }
 
 /// The reflection descriptor of the ext_authz service (built from envoy-types' .proto files).

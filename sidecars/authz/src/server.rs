@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use edgeguard_portal_store as store;
 use edgeguard_verdict::portal::{CheckOptions, PortalView};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -23,6 +23,10 @@ use crate::config::{AuthzArgs, LogFormat, StoreToken};
 use crate::metrics::Metrics;
 use crate::service::AuthzService;
 use crate::{StoreHandle, EXT_AUTHZ_DESCRIPTOR};
+use edgeguard_metering::{
+    MemorySink, MemoryTarget, Metering, MeteringConfig, Month, PgSink, Target, UsageAck,
+    UsageReport,
+};
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,29 @@ struct StoreAdapter(Arc<store::Store>);
 impl StoreHandle for StoreAdapter {
     fn view(&self) -> Arc<dyn PortalView + Send + Sync> {
         self.0.snapshot()
+    }
+
+    fn now_unix(&self) -> i64 {
+        self.0.now_unix()
+    }
+}
+
+/// Where metered totals go: this replica's store.
+struct MeterTarget(Arc<store::Store>);
+
+impl Target for MeterTarget {
+    fn now_unix(&self) -> i64 {
+        self.0.now_unix()
+    }
+
+    fn publish_totals(&self, month: Month, totals: Vec<(Arc<str>, u64)>) {
+        self.0.publish_usage_totals(month, totals);
+    }
+}
+
+impl MemoryTarget for MeterTarget {
+    fn add_metered(&self, month: Month, deltas: Vec<(Arc<str>, u64)>) -> Vec<(Arc<str>, u64)> {
+        self.0.add_metered(month, deltas)
     }
 }
 
@@ -149,6 +176,8 @@ struct Http {
     image_tag: String,
     /// SHA-256 of the store feed's bearer token; `None`: the feed is off.
     store_token: Option<[u8; 32]>,
+    /// Usage metering, when on.
+    metering: Option<Arc<Metering>>,
 }
 
 async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
@@ -247,6 +276,147 @@ fn json_response(
     r
 }
 
+/// The store feed's credential check (shared by every `/store/v1` and `/usage/v1` endpoint):
+/// `Some((metric label, answer))` when the feed is off (404) or the bearer token is wrong
+/// (401); `None` when the request may go on.
+fn feed_refusal(s: &Http, headers: &HeaderMap) -> Option<(&'static str, axum::response::Response)> {
+    let Some(expected) = &s.store_token else {
+        return Some((
+            "disabled",
+            json_response(
+                StatusCode::NOT_FOUND,
+                "disabled",
+                "the store feed is disabled: set EDGEGUARD_STORE_TOKEN (at least 32 bytes) on edgeguard authz, and the same token on the portal-auth filters, to enable it",
+                None,
+            ),
+        ));
+    };
+    if !bearer_ok(headers, expected) {
+        tracing::debug!("store feed request without a valid bearer token");
+        return Some((
+            "unauthorized",
+            json_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the store feed requires Authorization: Bearer <EDGEGUARD_STORE_TOKEN>",
+                Some((header::WWW_AUTHENTICATE, "Bearer realm=\"edgeguard-store\"")),
+            ),
+        ));
+    }
+    None
+}
+
+/// `POST /store/v1/usage`: a portal-auth filter's [`UsageReport`]. Answered `200` with a
+/// [`UsageAck`] once the report is durable (or was already: a retry), so the filter may
+/// forget it; `503` when it could not be written (the filter keeps it and retries); `404`
+/// when metering is off; `400` when it does not decode.
+async fn usage_report(
+    State(s): State<Http>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if let Some((_, response)) = feed_refusal(&s, &headers) {
+        return response;
+    }
+    let Some(metering) = &s.metering else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "metering_off",
+            "usage metering is off on this edgeguard authz: set EDGEGUARD_METERING=true (or turn metering off in the portal-auth filters)",
+            None,
+        );
+    };
+    let report = match UsageReport::decode(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            metering.refused();
+            warn!(error = %e, "usage report refused");
+            return json_response(StatusCode::BAD_REQUEST, "bad_request", &e, None);
+        }
+    };
+    let (reporter, seq) = (report.reporter.clone(), report.seq);
+    match metering.submit(report).await {
+        Ok(applied) => (
+            [(
+                header::CONTENT_TYPE,
+                edgeguard_verdict::portal_wire::USAGE_CONTENT_TYPE,
+            )],
+            UsageAck {
+                reporter,
+                seq,
+                applied,
+            }
+            .encode(),
+        )
+            .into_response(),
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_recorded",
+            &format!("usage report not recorded, send it again: {e}"),
+            None,
+        ),
+    }
+}
+
+/// `GET /usage/v1/accounts/{account_id}`: how much an account used this month, as this
+/// replica's store sees it (what the verdict enforces), with its limit and when it resets.
+async fn account_usage(
+    State(s): State<Http>,
+    headers: HeaderMap,
+    axum::extract::Path(account_id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    if let Some((_, response)) = feed_refusal(&s, &headers) {
+        return response;
+    }
+    let snap = s.store.snapshot();
+    if !snap.is_loaded() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_loaded",
+            "portal app store is not loaded yet",
+            None,
+        );
+    }
+    let mut apps: Vec<&str> = Vec::new();
+    let mut first = None;
+    for (id, app) in snap.apps() {
+        if *app.account_id == *account_id {
+            first.get_or_insert(app);
+            apps.push(id);
+        }
+    }
+    let Some(app) = first else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no app of the store belongs to this account",
+            None,
+        );
+    };
+    apps.sort_unstable();
+    let used = snap.account_usage(&account_id).unwrap_or(0);
+    let now = s.store.now_unix();
+    let quota = edgeguard_verdict::quota::QuotaState::of(app, Some(used), now);
+    let body = serde_json::json!({
+        "account_id": account_id,
+        "month": edgeguard_verdict::quota::Month::of(now).to_string(),
+        "relays": used,
+        "plan": &*app.plan,
+        "limit": quota.map(|q| q.limit),
+        "remaining": quota.map(|q| q.remaining()),
+        "limited": quota.is_some_and(|q| q.used > q.limit),
+        "resets_in_seconds": edgeguard_verdict::quota::seconds_until_reset(now),
+        "apps": apps,
+        "metering": s.metering.is_some(),
+        "store_version": snap.version(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
 /// The versioned store endpoint the portal-auth filter syncs from: the changes since
 /// `?since=<version>` (a full copy when the change log cannot answer), `304` when nothing
 /// changed, `503` before the store is loaded (apps and usage). It lists every app and
@@ -263,24 +433,9 @@ async fn store_snapshot(
             .with_label_values(&[result])
             .inc()
     };
-    let Some(expected) = &s.store_token else {
-        count("disabled");
-        return json_response(
-            StatusCode::NOT_FOUND,
-            "disabled",
-            "the store feed is disabled: set EDGEGUARD_STORE_TOKEN (at least 32 bytes) on edgeguard authz, and the same token on the portal-auth filters, to enable it",
-            None,
-        );
-    };
-    if !bearer_ok(&headers, expected) {
-        count("unauthorized");
-        tracing::debug!("store feed request without a valid bearer token");
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the store feed requires Authorization: Bearer <EDGEGUARD_STORE_TOKEN>",
-            Some((header::WWW_AUTHENTICATE, "Bearer realm=\"edgeguard-store\"")),
-        );
+    if let Some((result, response)) = feed_refusal(&s, &headers) {
+        count(result);
+        return response;
     }
     let Some((since, part)) = feed_params(query.as_deref()) else {
         count("bad_request");
@@ -323,28 +478,6 @@ async fn store_snapshot(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    info!("shutting down");
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AuthzError> {
     TcpListener::bind(addr)
         .await
@@ -371,17 +504,61 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
     let grpc_listener = bind(grpc_addr).await?;
     let http_listener = bind(http_addr).await?;
 
+    let usage_poll = args.usage_poll().map_err(AuthzError::Config)?;
     let metrics = Arc::new(Metrics::new()?);
-    let store = store::start(
+    let pg_options = match &source {
+        store::Source::Postgres { url } => Some(
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|_| {
+                    AuthzError::Config(
+                        "POSTGRES_CONNECTION_STRING is not a valid Postgres URL".into(),
+                    )
+                })?,
+        ),
+        store::Source::Yaml { .. } => None,
+    };
+    let store = store::start_with_options(
         store::StoreConfig {
             source,
             app_refresh: args.portal_app_store_refresh_interval,
             usage_refresh: args.rate_limit_store_refresh_interval,
             snapshot_file: args.snapshot_file.clone(),
         },
+        store::StoreOptions {
+            usage_poll,
+            usage_clock_offset_secs: args.test_clock_offset_seconds,
+            ..store::StoreOptions::default()
+        },
         Arc::new(Observer(metrics.clone())),
     )
     .await?;
+    let metering = if args.metering {
+        let config = MeteringConfig {
+            flush_interval: args.metering_flush_interval,
+            ..MeteringConfig::default()
+        };
+        let target = Arc::new(MeterTarget(store.clone()));
+        let instance = config.instance.clone();
+        let m = match pg_options {
+            Some(opts) => {
+                let sink = PgSink::new(opts, instance.clone(), Duration::from_secs(10));
+                Metering::start(config, sink, target, &metrics.registry)?
+            }
+            None => {
+                let sink = MemorySink::new(target.clone());
+                Metering::start(config, sink, target, &metrics.registry)?
+            }
+        };
+        info!(
+            instance = %instance,
+            flush_interval_ms = args.metering_flush_interval.as_millis() as u64,
+            usage_poll_ms = usage_poll.map(|d| d.as_millis() as u64),
+            "usage metering on: allowed requests are counted and written to the usage tables"
+        );
+        Some(Arc::new(m))
+    } else {
+        None
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -397,6 +574,8 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         let mut changes = store.subscribe();
         tokio::spawn(async move {
             let mut serving = false;
+            let mut summarised = 0u64;
+            let mut last_summary = std::time::Instant::now();
             loop {
                 let snap = store.snapshot();
                 let loaded = snap.loaded();
@@ -433,6 +612,21 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
                         .with_label_values(&["rate_limit_store"])
                         .set(s.as_secs_f64());
                 }
+                // usage changes between full reloads (metering flushes, the usage poll) reach
+                // the per-account usage gauges at most every 10 s (the summary walks every app)
+                if snap.loaded()
+                    && snap.version() != summarised
+                    && last_summary.elapsed() >= Duration::from_secs(10)
+                {
+                    summarised = snap.version();
+                    last_summary = std::time::Instant::now();
+                    let observer = Observer(metrics.clone());
+                    let snap = snap.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store::StoreObserver::usage(&observer, &snap.usage_summary());
+                    })
+                    .await;
+                }
                 // wake up at once when the store publishes, else four times a second
                 let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
             }
@@ -453,6 +647,7 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         store: store.clone(),
         image_tag: args.image_tag.clone(),
         store_token,
+        metering: metering.clone(),
     };
     if store_token.is_some() {
         info!(
@@ -470,6 +665,11 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         .route("/healthz", get(healthz).post(healthz).head(healthz))
         .route("/readyz", get(readyz))
         .route(edgeguard_verdict::portal_wire::PATH, get(store_snapshot))
+        .route(
+            edgeguard_verdict::portal_wire::USAGE_PATH,
+            post(usage_report).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
+        )
+        .route("/usage/v1/accounts/{account_id}", get(account_usage))
         .with_state(http_state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
@@ -484,6 +684,8 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
             rate_limit_headers: args.rate_limit_headers,
         },
         strip: args.strip_request_headers.clone(),
+        metering: metering.clone(),
+        quota_headers: args.quota_headers,
     };
     info!(grpc = %grpc_addr, http = %http_addr, version = %args.image_tag, "edgeguard authz listening");
     let incoming =
@@ -493,8 +695,12 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AuthorizationServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, edgeguard_shutdown::signal())
         .await;
+    if let Some(m) = &metering {
+        // the last counts of this replica (and reports still queued) are written before exit
+        m.shutdown(Duration::from_secs(5)).await;
+    }
     store.shutdown();
     if let Err(e) = &result {
         warn!(error = %e, "gRPC server error");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers};
+use edgeguard_verdict::quota::{QuotaHeaders, QuotaState};
 use edgeguard_verdict::strip::HeaderStrip;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -99,6 +100,7 @@ pub fn ok_response(
     stamped: &[(String, String)],
     client_names: Vec<&str>,
     strip: &HeaderStrip,
+    response_headers: &[(&str, String)],
 ) -> CheckResponse {
     let mut headers_to_remove: Vec<String> = client_names
         .into_iter()
@@ -117,14 +119,16 @@ pub fn ok_response(
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: stamped.iter().map(|(k, v)| header(k, v)).collect(),
             headers_to_remove,
+            response_headers_to_add: response_headers.iter().map(|(k, v)| header(k, v)).collect(),
             ..Default::default()
         })),
         ..Default::default()
     }
 }
 
-/// The denied response: PEAS's status, code and message, the body as valid JSON.
-pub fn denied_response(d: &Denial) -> CheckResponse {
+/// The denied response: PEAS's status, code and message, the body as valid JSON, plus
+/// `extra` headers (the quota headers of a 429).
+pub fn denied_response(d: &Denial, extra: &[(&str, String)]) -> CheckResponse {
     CheckResponse {
         status: Some(RpcStatus {
             code: d.grpc_code(),
@@ -135,7 +139,9 @@ pub fn denied_response(d: &Denial) -> CheckResponse {
             status: Some(HttpStatus {
                 code: i32::from(d.http_status()),
             }),
-            headers: vec![header("content-type", "application/json")],
+            headers: std::iter::once(header("content-type", "application/json"))
+                .chain(extra.iter().map(|(k, v)| header(k, v)))
+                .collect(),
             body: d.body(),
         })),
         ..Default::default()
@@ -165,6 +171,10 @@ pub struct AuthzService {
     pub options: CheckOptions,
     /// Client headers other components own, removed from allowed requests.
     pub strip: HeaderStrip,
+    /// Counts allowed Checks (usage metering), when on.
+    pub metering: Option<Arc<edgeguard_metering::Metering>>,
+    /// Which answers carry the quota headers.
+    pub quota_headers: QuotaHeaders,
 }
 
 impl AuthzService {
@@ -200,8 +210,21 @@ impl AuthzService {
                         plan,
                         allowed.rate_limit_decision,
                     ));
+                    if let Some(m) = &self.metering {
+                        m.count(&allowed.app_id, &allowed.app.account_id);
+                    }
+                    let quota = match self.quota_headers {
+                        QuotaHeaders::All => QuotaState::of(
+                            allowed.app,
+                            view.usage(&allowed.app.account_id),
+                            self.store.now_unix(),
+                        )
+                        .map(|q| q.headers(false))
+                        .unwrap_or_default(),
+                        QuotaHeaders::Denied => Vec::new(),
+                    };
                     (
-                        ok_response(&allowed.headers, names, &self.strip),
+                        ok_response(&allowed.headers, names, &self.strip, &quota),
                         allowed.app_id.clone(),
                         allowed.app.account_id.to_string(),
                         "authorized",
@@ -220,8 +243,18 @@ impl AuthzService {
                         }
                         _ => None,
                     };
+                    let quota = match &d {
+                        Denial::RateLimited { account_id, .. } => view
+                            .app(d.app_id())
+                            .and_then(|app| {
+                                QuotaState::of(app, view.usage(account_id), self.store.now_unix())
+                            })
+                            .map(|q| q.headers(true))
+                            .unwrap_or_default(),
+                        _ => Vec::new(),
+                    };
                     (
-                        denied_response(&d),
+                        denied_response(&d, &quota),
                         d.app_id().to_string(),
                         d.account_id().to_string(),
                         "denied",

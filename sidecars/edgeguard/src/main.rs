@@ -35,6 +35,9 @@ enum Command {
     /// Electric's gatekeeper: authenticate callers, decide their shape by policy, answer a
     /// shape-scoped token signed with rotating keys (JWKS served); `rotate` writes a new key.
     Gatekeeper(Box<edgeguard_gatekeeper::GatekeeperArgs>),
+    /// Device identity: enrollment tokens (admin API), CSRs signed by the fleet CA into
+    /// client certificates with a SPIFFE id, the device registry (Postgres or a YAML file).
+    Enroll(Box<edgeguard_enroll::EnrollArgs>),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Command::Gatekeeper(args) => edgeguard_gatekeeper::main(*args).map_err(|e| e.to_string()),
+        Command::Enroll(args) => edgeguard_enroll::main(*args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

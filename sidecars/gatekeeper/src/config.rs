@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::client_cert::BindTokens;
 use crate::signing::SigningAlg;
 
 /// jwt-shape's default `remote_jwks.refresh_interval_s`: the publish delay must exceed the
@@ -236,6 +237,17 @@ pub struct ServeArgs {
         default_value = r#"{"sub":"dev-user"}"#
     )]
     pub dev_claims: String,
+
+    /// Bind the tokens to the caller's client certificate (RFC 8705 `cnf.x5t#S256`), read from
+    /// `x-forwarded-client-cert` set by the Envoy in front (SANITIZE_SET): off, when-presented,
+    /// or required (no certificate: 401). Only behind that Envoy: the header is trusted.
+    #[arg(
+        long = "bind-tokens-to-client-certificate",
+        env = "EDGEGUARD_GATEKEEPER_BIND_TOKENS",
+        value_enum,
+        default_value = "off"
+    )]
+    pub bind_tokens: BindTokens,
 
     /// Origins allowed to call the gatekeeper from a browser (CORS; `*` for any). None: no
     /// CORS headers.

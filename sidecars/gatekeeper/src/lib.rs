@@ -22,6 +22,7 @@
 pub mod answer;
 pub mod api_keys;
 pub mod caller;
+pub mod client_cert;
 pub mod config;
 pub mod decision;
 pub mod electric;

@@ -16,6 +16,10 @@ pub enum Reason {
     KeysUnavailable,
     /// 400: a malformed request (body, query, where clause, params).
     BadRequest,
+    /// 401: tokens must be bound to a client certificate and the caller presented none.
+    ClientCertificateRequired,
+    /// 400: `x-forwarded-client-cert` cannot be read, so no token is bound to it.
+    BadClientCertificate,
     /// 403: no rule is about this table.
     TableNotCovered,
     /// 403: rules are about this table, but their claim conditions do not hold for the caller.
@@ -39,12 +43,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::MissingCredentials,
         Reason::InvalidToken,
         Reason::InvalidApiKey,
         Reason::KeysUnavailable,
         Reason::BadRequest,
+        Reason::ClientCertificateRequired,
+        Reason::BadClientCertificate,
         Reason::TableNotCovered,
         Reason::ConditionsNotMet,
         Reason::ColumnNotAllowed,
@@ -64,6 +70,8 @@ impl Reason {
             Reason::InvalidApiKey => "invalid_api_key",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::BadRequest => "bad_request",
+            Reason::ClientCertificateRequired => "client_certificate_required",
+            Reason::BadClientCertificate => "bad_client_certificate",
             Reason::TableNotCovered => "table_not_covered",
             Reason::ConditionsNotMet => "conditions_not_met",
             Reason::ColumnNotAllowed => "column_not_allowed",
@@ -82,8 +90,9 @@ impl Reason {
             Reason::MissingCredentials
             | Reason::InvalidToken
             | Reason::InvalidApiKey
-            | Reason::KeysUnavailable => 401,
-            Reason::BadRequest => 400,
+            | Reason::KeysUnavailable
+            | Reason::ClientCertificateRequired => 401,
+            Reason::BadRequest | Reason::BadClientCertificate => 400,
             Reason::NotReady => 503,
             Reason::Internal => 500,
             _ => 403,

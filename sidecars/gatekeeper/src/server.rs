@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::answer::{self, TokenSettings};
 use crate::api_keys::{ApiKeyError, ApiKeys};
 use crate::caller::Authenticator;
+use crate::client_cert::{self, BindTokens};
 use crate::config::{LogFormat, ServeArgs, JWT_SHAPE_DEFAULT_REFRESH};
 use crate::keyring::{self, KeyDirError, Lifecycle};
 use crate::metrics::Metrics;
@@ -69,6 +70,7 @@ pub struct App {
     pub tokens: TokenSettings,
     pub public_url: String,
     pub cors_origins: Vec<String>,
+    pub bind_tokens: BindTokens,
 }
 
 const JSON: &str = "application/json";
@@ -109,7 +111,10 @@ impl App {
         let mut extra = self.cors(headers);
         extra.push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         if refusal.reason.status() == 401 {
-            let challenge = if refusal.reason == Reason::MissingCredentials {
+            let challenge = if matches!(
+                refusal.reason,
+                Reason::MissingCredentials | Reason::ClientCertificateRequired
+            ) {
                 "Bearer realm=\"edgeguard-gatekeeper\""
             } else {
                 "Bearer realm=\"edgeguard-gatekeeper\", error=\"invalid_token\""
@@ -143,6 +148,10 @@ impl App {
             Err(r) => return self.refuse(&r, headers, None),
         };
         let sub = caller.subject();
+        let cnf = match client_cert::binding(self.bind_tokens, headers) {
+            Ok(c) => c,
+            Err(r) => return self.refuse(&r, headers, sub),
+        };
         let segment = uri.path().strip_prefix("/gatekeeper/").unwrap_or_default();
         let content_type = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
         let req = match request::read(segment, uri.query(), content_type, body) {
@@ -167,7 +176,11 @@ impl App {
             }
         };
         let jti = answer::new_jti();
-        let claims = answer::claims(&self.tokens, shape, sub, now, &jti);
+        let mut claims = answer::claims(&self.tokens, shape, sub, now, &jti);
+        let bound = cnf.is_some();
+        if let (Some(cnf), Some(c)) = (cnf, claims.as_object_mut()) {
+            c.insert("cnf".into(), cnf);
+        }
         let token = current.key.jws(current.kid.as_deref(), &claims);
         let expires_at = now.saturating_add(self.tokens.ttl_s);
         let body = answer::configuration(&self.shape_url, &token, &grant, expires_at);
@@ -185,6 +198,7 @@ impl App {
             alg = current.key.alg().name(),
             jti = %jti,
             exp = expires_at,
+            certificate_bound = bound,
             "token issued"
         );
         let mut extra = self.cors(headers);
@@ -445,28 +459,6 @@ pub fn ensure_dir(dir: &std::path::Path) -> Result<(), GatekeeperError> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    info!("shutting down");
-}
-
 /// Runs `edgeguard gatekeeper` until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<(), GatekeeperError> {
     init_logging(&args);
@@ -533,6 +525,12 @@ pub async fn run(args: ServeArgs) -> Result<(), GatekeeperError> {
     };
     if !api_keys.is_empty() {
         info!(keys = api_keys.len(), "API keys accepted");
+    }
+    if args.bind_tokens != BindTokens::Off {
+        info!(
+            mode = args.bind_tokens.as_str(),
+            "tokens are bound to the caller's client certificate from x-forwarded-client-cert: only the Envoy in front (forward_client_cert_details: SANITIZE_SET) may reach this service"
+        );
     }
     if let Some(claims) = &dev_claims {
         warn!(
@@ -609,6 +607,7 @@ pub async fn run(args: ServeArgs) -> Result<(), GatekeeperError> {
         },
         public_url,
         cors_origins: args.cors_origins.clone(),
+        bind_tokens: args.bind_tokens,
     });
     tokio::spawn(policy.watch(args.policy_poll_interval));
 
@@ -621,7 +620,7 @@ pub async fn run(args: ServeArgs) -> Result<(), GatekeeperError> {
             })?;
     info!(listen = %args.listen, issuer = %app.tokens.issuer, shape_url = %app.shape_url, "edgeguard gatekeeper listening");
     axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(edgeguard_shutdown::signal())
         .await
         .map_err(GatekeeperError::Serve)
 }

@@ -11,10 +11,10 @@
 --   updated_at  when the row was last written (informational)
 --
 -- The store reads, every RATE_LIMIT_STORE_REFRESH_INTERVAL (default 5 m), only the rows of
--- the current UTC month as seen by the database clock:
+-- the current UTC month (by edgeguard authz's clock; migration 0004 adds the metered_relays
+-- column edgeguard's own metering writes, summed with relays):
 --
---   SELECT account_id, relays FROM account_monthly_usage
---   WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+--   SELECT account_id, relays FROM account_monthly_usage WHERE month = $1::date;
 --
 -- so quotas reset by themselves when the month changes. An account is limited (429) when
 -- relays > its monthly limit (strictly greater; PLAN_FREE: 1,000,000; PLAN_UNLIMITED: the

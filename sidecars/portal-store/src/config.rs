@@ -87,6 +87,18 @@ pub struct StoreOptions {
     pub listen_keepalive: Duration,
     /// Entries kept for `changes_since`.
     pub change_log_capacity: usize,
+    /// Seconds added to the system clock wherever the store asks "what month is it"
+    /// ([`crate::Store::now_unix`]): the month of the usage it loads and the rollover to the
+    /// next. Default 0. A test knob: a store started with the offset that puts "now" 5 s
+    /// before the end of a month rolls over 5 s later. The database clock is not shifted
+    /// (the incremental poll compares `updated_at` with it).
+    pub usage_clock_offset_secs: i64,
+    /// Postgres: also read, this often, just the usage rows changed since the last read
+    /// (`updated_at`, migration 0004's index), between the full usage reloads of
+    /// `usage_refresh`. Default `None` (full reloads only). With metering, ~1 s makes a quota
+    /// crossed through one `edgeguard authz` replica enforced by all of them within ~1 s.
+    /// Ignored in YAML mode.
+    pub usage_poll: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -103,6 +115,8 @@ impl Default for StoreOptions {
             retry_max: Duration::from_secs(30),
             listen_keepalive: Duration::from_secs(30),
             change_log_capacity: 10_000,
+            usage_clock_offset_secs: 0,
+            usage_poll: None,
         }
     }
 }
@@ -216,6 +230,17 @@ pub(crate) fn validate(cfg: &StoreConfig, opts: &StoreOptions) -> Result<(), Sto
     if opts.query_timeout.is_zero() || opts.connect_timeout.is_zero() {
         return Err(StoreError::InvalidConfig(
             "query and connect timeouts must be positive".into(),
+        ));
+    }
+    if opts.usage_poll.is_some_and(|p| p.is_zero()) {
+        return Err(StoreError::InvalidConfig(
+            "the usage poll interval must be positive".into(),
+        ));
+    }
+    // ten years either way is plenty for tests and keeps the arithmetic far from overflow
+    if opts.usage_clock_offset_secs.unsigned_abs() > 10 * 366 * 86_400 {
+        return Err(StoreError::InvalidConfig(
+            "the usage clock offset must be within ten years".into(),
         ));
     }
     if let Source::Yaml { path } = &cfg.source {

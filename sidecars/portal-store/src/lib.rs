@@ -11,14 +11,59 @@
 //!   ([`pg::SELECT_PORTAL_APPS_BY_IDS`]; an id asked for but not returned is a deletion) and
 //!   publishes them. The LISTEN connection reconnects by itself and each (re)connect triggers
 //!   a full reload, since notifications may have been missed. Monthly usage comes from the
-//!   `account_monthly_usage` table (`migrations/0002_account_monthly_usage.sql`) every
-//!   `usage_refresh` (PEAS `RATE_LIMIT_STORE_REFRESH_INTERVAL`, default 5 m).
+//!   `account_monthly_usage` table (`migrations/0002_account_monthly_usage.sql`, and
+//!   `0004_metering.sql`'s `metered_relays`): see [Monthly usage](#monthly-usage).
 //! - **YAML** ([`Source::Yaml`]): DB-less mode. The file is watched (its directory, so
 //!   rename-replace by editors and Kubernetes ConfigMaps is seen), read only once it has
 //!   settled (size, modification time and inode unchanged for 250 ms and while it is read),
 //!   reloaded 100 ms after a burst of changes and polled every `app_refresh` as a safety net.
 //!   A bad file is rejected with a precise error (file, entry, line), logged and counted, and
-//!   the last good data stays.
+//!   the last good data stays. Usage is the file's `monthly_usage` plus the relays added
+//!   through [`Store::add_metered`] (see [Monthly usage](#monthly-usage)).
+//!
+//! # Monthly usage
+//!
+//! Usage is per UTC calendar month ([`Month`]). The store's clock is [`Store::now_unix`]:
+//! the system clock plus [`StoreOptions::usage_clock_offset_secs`] (default 0; a test knob
+//! that lets a test start a store seconds before a month ends). [`Store::usage_month`] (and
+//! [`Snapshot::usage_month`]) is the month of the usage currently loaded.
+//!
+//! - **Postgres, full reload** every `usage_refresh` (PEAS `RATE_LIMIT_STORE_REFRESH_INTERVAL`,
+//!   default 5 m): [`pg::SELECT_USAGE`] with the store clock's month as a parameter (not the
+//!   database's `now()`), enforcing `relays + metered_relays` — the operator's count plus
+//!   edgeguard's metered count (migration 0004). On a database without 0004 (SQLSTATE 42703)
+//!   it falls back to `relays` alone and warns that metered relays are not counted until
+//!   `edgeguard migrate` applies 0004; every full reload tries the column again. A full
+//!   reload replaces the whole month: totals may go down, accounts without a row lose their
+//!   usage (`relays: None`).
+//! - **Postgres, incremental poll** ([`StoreOptions::usage_poll`], default `None` = off; ~1 s
+//!   with metering): between full reloads, the store reads only the rows of the loaded month
+//!   whose `updated_at` is at least the previous read's database time (`SELECT now()` on the
+//!   same connection just before it; the first poll after a full reload uses that reload's)
+//!   minus 5 s — `updated_at = now()` is its transaction's *start*, so the overlap catches
+//!   writes that committed late — and publishes those accounts' totals. Polls only **raise**
+//!   totals (a lower one waits for the next full reload), so a poll that read a row just
+//!   before a metering flush committed cannot undo [`Store::publish_usage_totals`]. Polls,
+//!   full reloads, the rollover and NOTIFY deltas run in one serialized loop, never at once.
+//!   Polls do not rewrite the snapshot file (full usage reloads do).
+//! - **Month rollover**: at least once a second (every poll, or a 1 s tick) the store
+//!   compares the month of its clock with the loaded usage's; when it changed it reloads
+//!   the usage of the new month at once, without a restart: accounts without a row in the
+//!   new month get `relays: None` (they are open again). If that reload fails, the old
+//!   month's usage stays (fail closed) and the reload is retried with the usage backoff.
+//!   In YAML mode the metered counts are dropped and the file's `monthly_usage` (which has
+//!   no month) is republished.
+//! - **Metering** (`edgeguard authz` counting the relays it allows): with Postgres, its
+//!   flusher adds batched counts to `metered_relays` and hands the new totals (`RETURNING
+//!   relays + metered_relays`) to [`Store::publish_usage_totals`]: a partial, versioned
+//!   update of those accounts, monotonic within the month, ignored for any month other than
+//!   [`Store::usage_month`] or before usage is loaded. Other replicas see the totals through
+//!   their polls. Without a database (YAML), [`Store::add_metered`] keeps the counts in
+//!   memory per account for the month (**lost on restart**: a restarted store starts again
+//!   from the file's `monthly_usage`) and enforces file usage + metered, also across file
+//!   reloads; with Postgres it drops the deltas and returns nothing (the flusher writes them
+//!   to the database instead). Both may be called from any thread; they serialize with the
+//!   store's own publishes.
 //!
 //! # Row mapping (PEAS, with deliberate differences)
 //!
@@ -52,7 +97,8 @@
 //! upserted/deleted, usage set/cleared: [`ChangeKind`]), or `None` when `v` is older than the
 //! bounded log (default 10,000 changes), is not one of this store's versions, or is the
 //! not-loaded version: then send a full snapshot ([`Snapshot::apps`], [`Snapshot::usages`]).
-//! Usage changes are versioned like app changes: a usage refresh that changed `n` accounts
+//! Usage changes are versioned like app changes: a usage refresh, poll, or
+//! [`Store::publish_usage_totals`] / [`Store::add_metered`] call that changed `n` accounts
 //! publishes one version with `n` [`ChangeKind::Usage`] entries (`relays: None` = the account
 //! has no usage row any more, e.g. after the month rolled over). A change set bigger than the
 //! log (the first load, a bulk import) resets the log.
@@ -124,8 +170,14 @@
 //!
 //! [`migrate`] runs `migrations/*.sql` (idempotent) in one transaction: 0001 PEAS's Grove
 //! tables (only with `include_grove_schema`, for tests and demos), 0002 the usage table,
-//! 0003 the NOTIFY triggers. Without 0003 the store still works, with interval refresh only.
+//! 0003 the NOTIFY triggers, 0004 metering (`metered_relays`, the per-app usage table, the
+//! applied-report ids, the `(month, updated_at)` index the poll uses), 0005 the device
+//! registry of `edgeguard enroll` (devices, enrollment tokens, revoked certificates, and a
+//! NOTIFY trigger on the same channel, whose payloads the store ignores: it does not hold
+//! devices yet). Without 0003 the
+//! store still works, with interval refresh only; without 0004 it enforces `relays` alone.
 //!
+//! [`Month`]: edgeguard_verdict::quota::Month
 //! [`AppAuth::ApiKey`]: edgeguard_verdict::portal::AppAuth::ApiKey
 //! [`AppAuth::MissingKey`]: edgeguard_verdict::portal::AppAuth::MissingKey
 //! [`PortalView`]: edgeguard_verdict::portal::PortalView

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use edgeguard_verdict::portal::{key_digest, AppAuth, PortalApp};
+use edgeguard_verdict::quota::Month;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{Connection, Row};
@@ -30,16 +31,36 @@ LEFT JOIN accounts a ON pa.account_id = a.id
 WHERE pa.deleted = false AND (pa.id = ANY($1::text[]) OR pa.account_id = ANY($2::text[]))
 GROUP BY pa.id, pas.secret_key, pas.secret_key_required, a.plan_type, a.monthly_user_limit;";
 
-/// This month's usage (see `migrations/0002_account_monthly_usage.sql`).
+/// A month's usage (`$1`: its first day, `YYYY-MM-01`, from the store's clock): the
+/// operator's `relays` plus edgeguard's `metered_relays` (migrations 0002 and 0004).
 pub const SELECT_USAGE: &str = "\
+SELECT account_id, relays + metered_relays FROM account_monthly_usage
+WHERE month = $1::date;";
+
+/// [`SELECT_USAGE`] on a database without migration 0004: `relays` alone.
+pub const SELECT_USAGE_WITHOUT_METERED: &str = "\
 SELECT account_id, relays FROM account_monthly_usage
-WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date;";
+WHERE month = $1::date;";
+
+/// The rows of a month (`$1`) written since a time (`$2`: microseconds since the Unix
+/// epoch, database clock); migration 0004's index on `(month, updated_at)` serves it.
+pub const SELECT_USAGE_CHANGED: &str = "\
+SELECT account_id, relays + metered_relays FROM account_monthly_usage
+WHERE month = $1::date AND updated_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond';";
+
+/// [`SELECT_USAGE_CHANGED`] without migration 0004.
+pub const SELECT_USAGE_CHANGED_WITHOUT_METERED: &str = "\
+SELECT account_id, relays FROM account_monthly_usage
+WHERE month = $1::date AND updated_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond';";
+
+/// The database clock, in microseconds since the Unix epoch.
+pub const SELECT_DB_NOW: &str = "SELECT (extract(epoch FROM now()) * 1000000)::int8";
 
 /// The NOTIFY channel of `migrations/0003_change_notify.sql`.
 pub const CHANNEL: &str = "edgeguard_portal_changes";
 
 /// The migrations, in order: (file name, SQL).
-pub const MIGRATIONS: [(&str, &str); 3] = [
+pub const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0001_grove_schema.sql",
         include_str!("../migrations/0001_grove_schema.sql"),
@@ -51,6 +72,14 @@ pub const MIGRATIONS: [(&str, &str); 3] = [
     (
         "0003_change_notify.sql",
         include_str!("../migrations/0003_change_notify.sql"),
+    ),
+    (
+        "0004_metering.sql",
+        include_str!("../migrations/0004_metering.sql"),
+    ),
+    (
+        "0005_devices.sql",
+        include_str!("../migrations/0005_devices.sql"),
     ),
 ];
 
@@ -285,18 +314,35 @@ pub(crate) async fn query_apps(
     Ok((apps, stats))
 }
 
-/// This month's usage; negative relays become 0, unreadable rows are skipped.
-pub(crate) async fn query_usage(conn: &mut PgConnection) -> Result<UsageMap, sqlx::Error> {
-    let mut usage = UsageMap::default();
+/// Whether `e` is Postgres's "undefined column" (SQLSTATE 42703): here, migration 0004's
+/// `metered_relays` is missing.
+pub(crate) fn is_undefined_column(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42703"))
+}
+
+/// The database clock (microseconds since the Unix epoch).
+pub(crate) async fn db_now(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(SELECT_DB_NOW).fetch_one(&mut *conn).await?;
+    row.try_get::<i64, _>(0)
+}
+
+/// Usage rows as `(account, total)`; negative totals become 0, unreadable rows are skipped.
+async fn usage_rows(
+    conn: &mut PgConnection,
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<Vec<(Arc<str>, u64)>, sqlx::Error> {
+    let mut out = Vec::new();
     let mut bad = 0usize;
-    let mut rows = sqlx::query(SELECT_USAGE).fetch(&mut *conn);
+    let mut rows = query.fetch(&mut *conn);
     while let Some(row) = rows.try_next().await? {
         let account = row.try_get::<Option<String>, _>(0);
         let relays = get_int(&row, 1);
         match (account, relays) {
             (Ok(Some(a)), Ok(r)) => {
-                let r = u64::try_from(r.unwrap_or(0)).unwrap_or(0);
-                *usage.entry(Arc::from(a.as_str())).or_insert(0) += r;
+                out.push((
+                    Arc::from(a.as_str()),
+                    u64::try_from(r.unwrap_or(0)).unwrap_or(0),
+                ));
             }
             _ => bad += 1,
         }
@@ -307,7 +353,45 @@ pub(crate) async fn query_usage(conn: &mut PgConnection) -> Result<UsageMap, sql
             "account_monthly_usage: rows with unreadable values skipped"
         );
     }
+    Ok(out)
+}
+
+/// `month`'s usage: `relays + metered_relays`, or `relays` alone when `metered` is false
+/// (no migration 0004).
+pub(crate) async fn query_usage(
+    conn: &mut PgConnection,
+    month: Month,
+    metered: bool,
+) -> Result<UsageMap, sqlx::Error> {
+    let sql = if metered {
+        SELECT_USAGE
+    } else {
+        SELECT_USAGE_WITHOUT_METERED
+    };
+    let rows = usage_rows(conn, sqlx::query(sql).bind(month.first_day())).await?;
+    let mut usage = UsageMap::default();
+    usage.reserve(rows.len());
+    for (a, r) in rows {
+        let e = usage.entry(a).or_insert(0);
+        *e = e.saturating_add(r);
+    }
     Ok(usage)
+}
+
+/// The totals of `month`'s rows written at or after `since_micros` (database clock).
+pub(crate) async fn query_usage_changed(
+    conn: &mut PgConnection,
+    month: Month,
+    since_micros: i64,
+    metered: bool,
+) -> Result<Vec<(Arc<str>, u64)>, sqlx::Error> {
+    let sql = if metered {
+        SELECT_USAGE_CHANGED
+    } else {
+        SELECT_USAGE_CHANGED_WITHOUT_METERED
+    };
+    let query = sqlx::query(sql).bind(month.first_day()).bind(since_micros);
+    usage_rows(conn, query).await
 }
 
 /// Connects with a timeout.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use edgeguard_verdict::portal::{PortalApp, PortalView};
+use edgeguard_verdict::quota::Month;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Apps by id.
@@ -65,6 +66,9 @@ pub struct Snapshot {
     pub(crate) app_count: usize,
     pub(crate) account_count: usize,
     pub(crate) usage: Arc<UsageMap>,
+    /// The UTC month `usage` counts (`None` before usage was loaded, and in snapshots built
+    /// outside a store).
+    pub(crate) usage_month: Option<Month>,
 }
 
 impl Snapshot {
@@ -81,6 +85,7 @@ impl Snapshot {
             app_count: 0,
             account_count: 0,
             usage: Arc::new(UsageMap::default()),
+            usage_month: None,
         }
     }
 
@@ -98,6 +103,7 @@ impl Snapshot {
             overlay: Arc::new(Overlay::default()),
             account_count,
             usage: Arc::new(usage),
+            usage_month: None,
         }
     }
 
@@ -120,6 +126,12 @@ impl Snapshot {
     /// Whether this month's usage has been read (apps may still be missing).
     pub fn usage_loaded(&self) -> bool {
         self.usage_loaded
+    }
+
+    /// The UTC month the usage of this snapshot counts (`None` before usage was loaded, and
+    /// for [`Snapshot::from_parts`]).
+    pub fn usage_month(&self) -> Option<Month> {
+        self.usage_month
     }
 
     pub fn origin(&self) -> Origin {

@@ -1,10 +1,12 @@
-//! The Postgres source: one refresh task (full loads, usage, NOTIFY deltas, all serialised so
-//! a slow full load can never overwrite a newer delta) and one LISTEN task.
+//! The Postgres source: one refresh task (full loads, usage reloads and polls, the month
+//! rollover, NOTIFY deltas, all serialised so a slow full load can never overwrite a newer
+//! delta) and one LISTEN task.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use edgeguard_verdict::portal::PortalApp;
+use edgeguard_verdict::quota::Month;
 use rustc_hash::FxHashSet;
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
@@ -15,7 +17,9 @@ use tokio::time::sleep_until;
 
 use crate::config::{describe, StoreConfig, StoreOptions};
 use crate::observer::{ErrorType, NotifyApplied, RefreshKind, RefreshOk, SourceType};
-use crate::pg::{connect, query_apps, query_usage, CHANNEL};
+use crate::pg::{
+    connect, db_now, is_undefined_column, query_apps, query_usage, query_usage_changed, CHANNEL,
+};
 use crate::snapshot::Origin;
 use crate::store::{serve_snapshot_file, Backoff, FileWriter, LogThrottle, Publisher};
 
@@ -87,13 +91,18 @@ pub(crate) fn spawn(
         conn: None,
         app_refresh: cfg.app_refresh,
         usage_refresh: cfg.usage_refresh,
+        usage_poll: options.usage_poll,
         options: options.clone(),
         file: FileWriter::new(cfg.snapshot_file.clone()),
         tried_file: false,
         app_backoff: Backoff::new(options.retry_min, options.retry_max),
         usage_backoff: Backoff::new(options.retry_min, options.retry_max),
+        poll_backoff: Backoff::new(options.retry_min, options.retry_max),
         app_log: LogThrottle::default(),
         usage_log: LogThrottle::default(),
+        usage_read: None,
+        metered_column: None,
+        rollover_tried: None,
         last_full_started: None,
         last_missing_keys: None,
         publisher,
@@ -109,16 +118,36 @@ struct Refresher {
     conn: Option<PgConnection>,
     app_refresh: Duration,
     usage_refresh: Duration,
+    usage_poll: Option<Duration>,
     options: StoreOptions,
     file: FileWriter,
     tried_file: bool,
     app_backoff: Backoff,
     usage_backoff: Backoff,
+    poll_backoff: Backoff,
     app_log: LogThrottle,
     usage_log: LogThrottle,
     last_full_started: Option<Instant>,
     last_missing_keys: Option<usize>,
+    /// The month of the usage read from Postgres and the database time (µs since the epoch,
+    /// taken just before) of the last full usage load or poll: the next poll reads the rows
+    /// written since then (less [`POLL_OVERLAP_MICROS`]).
+    usage_read: Option<(Month, i64)>,
+    /// Whether `account_monthly_usage.metered_relays` exists (migration 0004); `None` until
+    /// the first usage load. Every full usage load tries it again.
+    metered_column: Option<bool>,
+    /// The month a rollover reload was last started for (not retried every second while it
+    /// fails: the usage backoff applies).
+    rollover_tried: Option<Month>,
 }
+
+/// How far before the previous poll's database time a poll looks: a row's `updated_at` is
+/// its transaction's start (`now()`), so a write that committed after the previous poll may
+/// carry an earlier time.
+const POLL_OVERLAP_MICROS: i64 = 5_000_000;
+
+/// How often the month is checked when no shorter poll does it.
+const ROLLOVER_CHECK: Duration = Duration::from_secs(1);
 
 enum Failure {
     Db(sqlx::Error),
@@ -166,7 +195,10 @@ impl Refresher {
             now
         };
         let mut next_usage = now;
+        let mut next_poll = now + self.usage_poll.unwrap_or(ROLLOVER_CHECK);
+        let mut next_check = now + ROLLOVER_CHECK;
         let mut rx_open = true;
+        let polling = self.usage_poll.is_some();
         loop {
             tokio::select! {
                 biased;
@@ -195,8 +227,44 @@ impl Refresher {
                 _ = sleep_until(next_usage.into()) => {
                     next_usage = Instant::now() + self.usage().await;
                 }
+                _ = sleep_until(next_poll.into()), if polling => {
+                    next_poll = Instant::now() + if self.rollover_due() {
+                        next_usage = Instant::now() + self.usage().await;
+                        self.usage_poll.unwrap_or(ROLLOVER_CHECK)
+                    } else {
+                        self.poll().await
+                    };
+                }
+                _ = sleep_until(next_check.into()) => {
+                    next_check = Instant::now() + ROLLOVER_CHECK;
+                    if self.rollover_due() {
+                        next_usage = Instant::now() + self.usage().await;
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the store's clock has entered a month other than the loaded usage's, and no
+    /// reload was started for that month yet.
+    fn rollover_due(&mut self) -> bool {
+        let shared = &self.publisher.shared;
+        let snap = shared.current();
+        if !snap.usage_loaded() {
+            // the usage retry loop loads the current month anyway
+            return false;
+        }
+        let month = shared.clock_month();
+        if snap.usage_month() == Some(month) || self.rollover_tried == Some(month) {
+            return false;
+        }
+        self.rollover_tried = Some(month);
+        tracing::info!(
+            from = %snap.usage_month().map(|m| m.to_string()).unwrap_or_default(),
+            to = %month,
+            "month rolled over: reloading monthly usage"
+        );
+        true
     }
 
     async fn load_all(
@@ -313,14 +381,46 @@ impl Refresher {
         }
     }
 
-    /// A usage load; returns the delay until the next one.
+    /// What every failed usage read (full load or poll) does: drop a connection that may be
+    /// dead (not after an SQL error: the connection is fine), count the error in the status
+    /// and the observer. Returns the message to log.
+    fn usage_failed(&mut self, e: &Failure) -> String {
+        if matches!(e, Failure::Timeout(_))
+            || matches!(e, Failure::Db(err) if !matches!(err, sqlx::Error::Database(_)))
+        {
+            self.drop_conn();
+        }
+        let message = e.to_string();
+        let shared = self.publisher.shared.clone();
+        {
+            let mut st = shared.status();
+            st.usage_errors += 1;
+            st.usage_last_error = Some(message.clone());
+        }
+        shared
+            .observer
+            .refresh_error(SourceType::RateLimitStore, ErrorType::PostgresError);
+        message
+    }
+
+    /// A full usage load of the clock's month; returns the delay until the next one.
     async fn usage(&mut self) -> Duration {
         let shared = self.publisher.shared.clone();
         let started = Instant::now();
         let timeout = self.options.query_timeout;
+        let month = shared.clock_month();
         let work = async {
             let conn = self.conn().await?;
-            query_usage(conn).await
+            let now = db_now(conn).await?;
+            // metered_relays is tried on every full load, so applying 0004 is picked up
+            match query_usage(conn, month, true).await {
+                Ok(u) => Ok((u, now, true)),
+                Err(e) if is_undefined_column(&e) => {
+                    let u = query_usage(conn, month, false).await?;
+                    Ok((u, now, false))
+                }
+                Err(e) => Err(e),
+            }
         };
         let result = match tokio::time::timeout(timeout, work).await {
             Ok(Ok(u)) => Ok(u),
@@ -328,9 +428,11 @@ impl Refresher {
             Err(_) => Err(Failure::Timeout(timeout)),
         };
         match result {
-            Ok(usage) => {
+            Ok((usage, db_time, metered)) => {
+                self.note_metered_column(metered);
+                self.usage_read = Some((month, db_time));
                 let rows = usage.len();
-                let published = self.publisher.publish_usage(usage);
+                let published = self.publisher.publish_usage(usage, month);
                 {
                     let mut st = shared.status();
                     st.usage_last_success = Some(SystemTime::now());
@@ -353,27 +455,14 @@ impl Refresher {
                 self.usage_refresh
             }
             Err(e) => {
-                if matches!(e, Failure::Timeout(_))
-                    || matches!(&e, Failure::Db(err) if !matches!(err, sqlx::Error::Database(_)))
-                {
-                    self.drop_conn();
-                }
-                let message = e.to_string();
-                {
-                    let mut st = shared.status();
-                    st.usage_errors += 1;
-                    st.usage_last_error = Some(message.clone());
-                }
-                shared
-                    .observer
-                    .refresh_error(SourceType::RateLimitStore, ErrorType::PostgresError);
+                let message = self.usage_failed(&e);
                 let retry = self.usage_backoff.next_delay().min(self.usage_refresh);
                 let usage_loaded = shared.current().usage_loaded();
                 if self.usage_log.allow(&message) {
                     if usage_loaded {
-                        tracing::warn!(postgres = %self.target, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage refresh failed (is migration 0002 applied?); keeping the previous usage");
+                        tracing::warn!(postgres = %self.target, month = %month, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage refresh failed (is migration 0002 applied? `edgeguard migrate` applies it); keeping the previous usage");
                     } else {
-                        tracing::warn!(postgres = %self.target, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage not loaded yet (is migration 0002 applied?): not ready until it is, quotas cannot be enforced without it");
+                        tracing::warn!(postgres = %self.target, month = %month, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage not loaded yet (is migration 0002 applied? `edgeguard migrate` applies it): not ready until it is, quotas cannot be enforced without it");
                     }
                 }
                 if !usage_loaded && !self.tried_file {
@@ -381,6 +470,86 @@ impl Refresher {
                     if let Some(path) = self.file.path().cloned() {
                         serve_snapshot_file(&self.publisher, &path).await;
                     }
+                }
+                retry
+            }
+        }
+    }
+
+    /// Records whether `metered_relays` exists; warns when it is missing (once per change).
+    fn note_metered_column(&mut self, metered: bool) {
+        let before = self.metered_column.replace(metered);
+        if before == Some(metered) {
+            return;
+        }
+        if metered {
+            if before.is_some() {
+                tracing::info!(postgres = %self.target, "account_monthly_usage.metered_relays found (migration 0004): metered relays now count toward quotas");
+            }
+        } else {
+            tracing::warn!(postgres = %self.target, "account_monthly_usage has no metered_relays column (migration 0004 not applied): quotas count only `relays`, relays metered by edgeguard are not counted until `edgeguard migrate` applies 0004");
+        }
+    }
+
+    /// An incremental usage read: the rows of the loaded month written since the previous
+    /// read (full or poll), published as a partial update that only raises totals (a full
+    /// load may lower them). Returns the delay until the next poll.
+    async fn poll(&mut self) -> Duration {
+        let shared = self.publisher.shared.clone();
+        let every = self.usage_poll.unwrap_or(ROLLOVER_CHECK);
+        // only on top of a full load of the current month from Postgres
+        let Some((month, since)) = self.usage_read else {
+            return every;
+        };
+        if shared.current().usage_month() != Some(month) || shared.clock_month() != month {
+            return every;
+        }
+        let metered = self.metered_column.unwrap_or(true);
+        let started = Instant::now();
+        let timeout = self.options.query_timeout;
+        let work = async {
+            let conn = self.conn().await?;
+            let now = db_now(conn).await?;
+            let rows =
+                query_usage_changed(conn, month, since - POLL_OVERLAP_MICROS, metered).await?;
+            Ok::<_, sqlx::Error>((rows, now))
+        };
+        let result = match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Failure::Db(e)),
+            Err(_) => Err(Failure::Timeout(timeout)),
+        };
+        match result {
+            Ok((rows, now)) => {
+                self.usage_read = Some((month, now));
+                self.poll_backoff.reset();
+                let read = rows.len();
+                let published = self.publisher.publish_usage_partial(month, rows, true);
+                if published.usage_changed > 0 {
+                    tracing::debug!(
+                        rows = read,
+                        changed = published.usage_changed,
+                        version = published.version,
+                        "monthly usage poll applied"
+                    );
+                    let snap = shared.current();
+                    shared.observer.refresh_ok(&RefreshOk {
+                        source_type: SourceType::RateLimitStore,
+                        kind: RefreshKind::Incremental,
+                        duration: started.elapsed(),
+                        apps: snap.app_count(),
+                        accounts: read,
+                        changed: published.usage_changed,
+                        version: published.version,
+                    });
+                }
+                every
+            }
+            Err(e) => {
+                let message = self.usage_failed(&e);
+                let retry = self.poll_backoff.next_delay().max(every);
+                if self.usage_log.allow(&message) {
+                    tracing::warn!(postgres = %self.target, month = %month, error = %message, retry_in_ms = retry.as_millis() as u64, "monthly usage poll failed; keeping the current usage");
                 }
                 retry
             }
@@ -491,12 +660,21 @@ enum Parsed {
         account_id: Option<String>,
     },
     Everything,
+    /// A change to a table the store does not hold (migration 0005's `edgeguard_devices`,
+    /// kept by `edgeguard enroll`): counted, nothing to reload.
+    NotHeld,
 }
+
+/// Tables whose notifications share the channel but whose rows the store does not load.
+const TABLES_NOT_HELD: [&str; 1] = ["edgeguard_devices"];
 
 fn parse_payload(payload: &str) -> (String, Parsed) {
     match serde_json::from_str::<Payload>(payload) {
         Ok(p) => {
             let table = p.table.unwrap_or_else(|| "unknown".into());
+            if TABLES_NOT_HELD.contains(&table.as_str()) {
+                return (table, Parsed::NotHeld);
+            }
             let truncate =
                 p.op.as_deref()
                     .is_some_and(|o| o.eq_ignore_ascii_case("TRUNCATE"));
@@ -633,6 +811,7 @@ impl Listener {
                         shared.status().notifications += 1;
                         shared.observer.notification(&table);
                         match parsed {
+                            Parsed::NotHeld => {}
                             Parsed::Everything => {
                                 tracing::debug!(table = %table, payload = n.payload(), "notification without ids: full reload");
                                 if self.tx.send(Msg::Resync { listening_since: Instant::now(), reason: "notification without ids" }).await.is_err() {
@@ -711,6 +890,15 @@ mod tests {
                 account_id: Some(_)
             }
         ));
+        for not_held in [
+            r#"{"table":"edgeguard_devices","op":"INSERT","device_id":"dev_1","account_id":"a"}"#,
+            r#"{"table":"edgeguard_devices","op":"TRUNCATE"}"#,
+        ] {
+            assert!(
+                matches!(parse_payload(not_held).1, Parsed::NotHeld),
+                "{not_held}"
+            );
+        }
         for everything in [
             r#"{"table":"accounts","op":"TRUNCATE"}"#,
             "not json",

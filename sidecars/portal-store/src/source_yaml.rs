@@ -7,11 +7,16 @@
 //! that interval), and they did not change while it was read. So a file still being
 //! written in place is not read; one that stays cut short is refused by the parser (it
 //! lacks its end marker line, see [`crate::yaml`]).
+//!
+//! Usage is the file's `monthly_usage` plus the relays added through `Store::add_metered`
+//! this month (kept in memory); the month is checked every second, and when it changes the
+//! metered counts are dropped and the file's usage republished.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::{StoreConfig, StoreOptions};
 use crate::observer::{ErrorType, RefreshKind, RefreshOk, SourceType};
 use crate::snapshot::Origin;
-use crate::store::{serve_snapshot_file, FileWriter, Publisher};
+use crate::store::{lock, serve_snapshot_file, FileWriter, Published, Publisher};
 use crate::yaml::{parse_yaml, YamlError, MAX_FILE_BYTES};
 
 pub(crate) fn spawn(
@@ -41,6 +46,9 @@ pub(crate) fn spawn(
     };
     vec![crate::background::handle().spawn(w.run())]
 }
+
+/// How often the month is checked.
+const ROLLOVER_CHECK: Duration = Duration::from_secs(1);
 
 /// What a reload attempt concluded.
 enum Loaded {
@@ -94,6 +102,9 @@ fn watch(path: &Path, wake: mpsc::Sender<()>) -> notify::Result<notify::Recommen
     let name = path.file_name().map(|n| n.to_os_string());
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
+            // the store's own reads (opening the file, closing it unwritten) change nothing:
+            // waking on them would re-read the file every debounce interval, forever
+            Ok(ev) if is_read_only(&ev.kind) => false,
             Ok(ev) => ev.paths.iter().any(|p| {
                 let f = p.file_name();
                 f == name.as_deref() || f.is_some_and(|f| f.to_string_lossy().starts_with(".."))
@@ -108,11 +119,24 @@ fn watch(path: &Path, wake: mpsc::Sender<()>) -> notify::Result<notify::Recommen
     Ok(w)
 }
 
+/// Events of a file opened or read without being written.
+fn is_read_only(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
 impl YamlWatcher {
     async fn run(mut self) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let mut watcher = None;
         let shared = self.publisher.shared.clone();
+        // the month rollover is checked every second, however often the file is reloaded
+        let mut month_check = tokio::time::interval(ROLLOVER_CHECK);
+        month_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if watcher.is_none() {
                 match watch(&self.path, tx.clone()) {
@@ -127,17 +151,57 @@ impl YamlWatcher {
                 Loaded::Done => self.poll,
                 Loaded::Unsettled => self.settle.max(Duration::from_millis(10)),
             };
-            tokio::select! {
-                _ = rx.recv() => {
-                    // let a burst of events (write, rename, chmod) settle
-                    tokio::time::sleep(self.debounce).await;
-                    while rx.try_recv().is_ok() {}
+            let deadline = tokio::time::Instant::now() + next;
+            loop {
+                tokio::select! {
+                    _ = rx.recv() => {
+                        // let a burst of events (write, rename, chmod) settle
+                        tokio::time::sleep(self.debounce).await;
+                        while rx.try_recv().is_ok() {}
+                        break;
+                    }
+                    // an unchanged file is current already: reload() re-reads and compares
+                    _ = shared.refresh_now.notified() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    // the month rollover, without re-reading the file
+                    _ = month_check.tick() => self.rollover(),
                 }
-                // an unchanged file is current already: reload() re-reads and compares
-                _ = shared.refresh_now.notified() => {}
-                _ = tokio::time::sleep(next) => {}
             }
         }
+    }
+
+    /// Starts the clock's month if the usage counts another one.
+    fn rollover(&self) {
+        if let Some(m) = &self.publisher.shared.metered {
+            let month = self.publisher.shared.clock_month();
+            lock(m).roll_to(month, &self.publisher);
+        }
+    }
+
+    /// Publishes a file's apps and usage, with this month's metered relays added, under the
+    /// metered lock (so `Store::add_metered` cannot interleave).
+    fn publish_file(&self, data: crate::yaml::YamlData) -> Published {
+        let shared = &self.publisher.shared;
+        let Some(metered) = &shared.metered else {
+            let month = shared.clock_month();
+            return self.publisher.publish_full(
+                data.apps,
+                Some((data.usage, month)),
+                Origin::Yaml,
+                Some(SystemTime::now()),
+            );
+        };
+        let mut m = lock(metered);
+        m.roll_to(shared.clock_month(), &self.publisher);
+        let usage = m.combined(&data.usage);
+        m.file = Some(data.usage);
+        let month = m.month;
+        self.publisher.publish_full(
+            data.apps,
+            Some((usage, month)),
+            Origin::Yaml,
+            Some(SystemTime::now()),
+        )
     }
 
     fn fail(&mut self, message: String, hash: Option<[u8; 32]>) {
@@ -253,12 +317,8 @@ impl YamlWatcher {
             tracing::warn!(count = data.missing_keys.len(), apps = ?data.missing_keys.iter().take(10).collect::<Vec<_>>(), "apps with secret_key_required but no key: every request to them is denied (401)");
         }
         let app_count = data.apps.len();
-        let published = self.publisher.publish_full(
-            data.apps,
-            Some(data.usage),
-            Origin::Yaml,
-            Some(SystemTime::now()),
-        );
+        let accounts = data.accounts;
+        let published = self.publish_file(data);
         let duration = started.elapsed();
         let had_error = self.last_error.take().is_some();
         self.last_hash = Some(hash);
@@ -272,7 +332,7 @@ impl YamlWatcher {
         tracing::info!(
             file = %self.path.display(),
             apps = app_count,
-            accounts = data.accounts,
+            accounts,
             changed = published.apps_changed + published.usage_changed,
             version = published.version,
             recovered = had_error,

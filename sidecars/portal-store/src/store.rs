@@ -6,6 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use edgeguard_verdict::portal::PortalApp;
+use edgeguard_verdict::quota::Month;
+use rustc_hash::FxHashMap;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -39,15 +41,87 @@ pub struct StoreStatus {
 
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Held by every publish from reading the current snapshot to announcing the next one:
+    /// the refresh task and callers of [`Store::publish_usage_totals`] /
+    /// [`Store::add_metered`] publish concurrently.
+    writer: Mutex<()>,
     log: Mutex<ChangeLog>,
     status: Mutex<StoreStatus>,
     pub(crate) observer: Arc<dyn StoreObserver>,
     version_tx: watch::Sender<u64>,
     /// `Store::refresh_now` wakes the refresh task.
     pub(crate) refresh_now: Notify,
+    /// [`StoreOptions::usage_clock_offset_secs`].
+    clock_offset_secs: i64,
+    /// YAML mode: the relays metered in this process (see [`Metered`]); `None` with Postgres.
+    pub(crate) metered: Option<Mutex<Metered>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// YAML mode's usage: the file's `monthly_usage` plus the relays counted through
+/// [`Store::add_metered`] this month (in memory only: lost on restart).
+#[derive(Debug)]
+pub(crate) struct Metered {
+    /// The month `counts` belong to.
+    pub(crate) month: Month,
+    /// The last good file's usage (`None` until a file was loaded).
+    pub(crate) file: Option<UsageMap>,
+    pub(crate) counts: FxHashMap<Arc<str>, u64>,
+}
+
+impl Metered {
+    pub(crate) fn new(month: Month) -> Metered {
+        Metered {
+            month,
+            file: None,
+            counts: FxHashMap::default(),
+        }
+    }
+
+    /// The total of one account: file usage + metered (`None`: neither knows it).
+    fn total(&self, account: &str) -> Option<u64> {
+        let file = self.file.as_ref().and_then(|f| f.get(account).copied());
+        let metered = self.counts.get(account).copied();
+        match (file, metered) {
+            (None, None) => None,
+            (f, m) => Some(f.unwrap_or(0).saturating_add(m.unwrap_or(0))),
+        }
+    }
+
+    /// The file's usage with the metered counts added.
+    pub(crate) fn combined(&self, file: &UsageMap) -> UsageMap {
+        let mut usage = file.clone();
+        for (account, n) in &self.counts {
+            let e = usage.entry(account.clone()).or_insert(0);
+            *e = e.saturating_add(*n);
+        }
+        usage
+    }
+
+    /// Starts `month` when it is not the current one: the metered counts are dropped and
+    /// the file's usage republished alone. Returns whether the month changed.
+    pub(crate) fn roll_to(&mut self, month: Month, publisher: &Publisher) -> bool {
+        if month == self.month {
+            return false;
+        }
+        let dropped = self.counts.len();
+        let previous = self.month;
+        self.month = month;
+        self.counts = FxHashMap::default();
+        if let Some(file) = &self.file {
+            let p = publisher.publish_usage(file.clone(), month);
+            tracing::info!(
+                from = %previous,
+                to = %month,
+                metered_accounts_dropped = dropped,
+                version = p.version,
+                "month rolled over: metered relays reset, the file's monthly_usage republished"
+            );
+        }
+        true
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // a panic while holding these locks cannot leave them inconsistent: keep going
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -55,6 +129,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn status(&self) -> MutexGuard<'_, StoreStatus> {
         lock(&self.status)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        lock(&self.writer)
+    }
+
+    /// Unix seconds now, shifted by the usage clock offset.
+    pub(crate) fn now_unix(&self) -> i64 {
+        let now = match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        now.saturating_add(self.clock_offset_secs)
+    }
+
+    /// The month of the store's clock.
+    pub(crate) fn clock_month(&self) -> Month {
+        Month::of(self.now_unix())
     }
 
     pub(crate) fn current(&self) -> Arc<Snapshot> {
@@ -174,13 +266,29 @@ impl Publisher {
     pub(crate) fn publish_full(
         &self,
         apps: AppMap,
-        usage: Option<UsageMap>,
+        usage: Option<(UsageMap, Month)>,
         origin: Origin,
         data_time: Option<SystemTime>,
     ) -> Published {
-        let cur = self.shared.current();
+        // the app diff and count (O(apps)) are computed before taking the writer lock, so a
+        // usage publish from another thread does not wait for them: only the refresh task
+        // publishes apps, so they cannot change meanwhile (checked, recomputed if they did)
         let cap = self.cap();
-        let (apps_changed, app_list) = diff_apps(&cur, &apps, cap);
+        let pre = self.shared.current();
+        let (mut apps_changed, mut app_list) = diff_apps(&pre, &apps, cap);
+        let account_count = count_accounts(apps.values());
+        let _writer = self.shared.writer();
+        let cur = self.shared.current();
+        if !(Arc::ptr_eq(&pre.base, &cur.base)
+            && Arc::ptr_eq(&pre.overlay, &cur.overlay)
+            && pre.apps_loaded == cur.apps_loaded)
+        {
+            (apps_changed, app_list) = diff_apps(&cur, &apps, cap);
+        }
+        let (usage, usage_month) = match usage {
+            Some((u, m)) => (Some(u), Some(m)),
+            None => (None, cur.usage_month),
+        };
         let (usage_changed, usage_list) = match &usage {
             Some(u) => diff_usage(&cur.usage, u, cap),
             None => (0, Some(Vec::new())),
@@ -195,7 +303,6 @@ impl Publisher {
         } else {
             None
         };
-        let account_count = count_accounts(apps.values());
         let next = Snapshot {
             version,
             apps_loaded: true,
@@ -210,6 +317,7 @@ impl Publisher {
                 Some(u) if usage_changed > 0 || !cur.usage_loaded => Arc::new(u),
                 _ => cur.usage.clone(),
             },
+            usage_month,
         };
         self.publish(next, list, bumped);
         Published {
@@ -222,6 +330,7 @@ impl Publisher {
 
     /// Applies upserts and deletions (NOTIFY deltas); only effective changes count.
     pub(crate) fn publish_delta(&self, changes: Vec<(Arc<str>, Option<PortalApp>)>) -> Published {
+        let _writer = self.shared.writer();
         let cur = self.shared.current();
         let effective: Vec<(Arc<str>, Option<PortalApp>)> = changes
             .into_iter()
@@ -263,11 +372,22 @@ impl Publisher {
         }
     }
 
-    /// Replaces this month's usage (and marks it loaded).
-    pub(crate) fn publish_usage(&self, usage: UsageMap) -> Published {
+    /// Replaces the usage with `month`'s (and marks it loaded).
+    pub(crate) fn publish_usage(&self, usage: UsageMap, month: Month) -> Published {
+        let cap = self.cap();
+        let _writer = self.shared.writer();
         let cur = self.shared.current();
-        let (changed, list) = diff_usage(&cur.usage, &usage, self.cap());
+        let (changed, list) = diff_usage(&cur.usage, &usage, cap);
         if changed == 0 && cur.usage_loaded {
+            if cur.usage_month != Some(month) {
+                // same data, another month (e.g. no usage either side of a rollover): not a
+                // new version, but the snapshot says which month it counts
+                let next = Snapshot {
+                    usage_month: Some(month),
+                    ..(*cur).clone()
+                };
+                self.publish(next, None, false);
+            }
             return Published {
                 version: cur.version,
                 ..Published::default()
@@ -277,12 +397,74 @@ impl Publisher {
             version: cur.version + 1,
             usage: Arc::new(usage),
             usage_loaded: true,
+            usage_month: Some(month),
             ..(*cur).clone()
         };
         let version = next.version;
         // until the store is loaded, consumers have nothing to apply a change to: they take
         // a full snapshot once it is
         let list = if cur.is_loaded() { list } else { None };
+        self.publish(next, list, true);
+        Published {
+            version,
+            usage_changed: changed,
+            ..Published::default()
+        }
+    }
+
+    /// Sets some accounts' usage totals for `month` (a partial update: other accounts keep
+    /// theirs). Ignored unless usage is loaded and counts `month`. With `only_raise`, a total
+    /// below the current one is not applied. Only effective changes make a new version.
+    pub(crate) fn publish_usage_partial(
+        &self,
+        month: Month,
+        totals: Vec<(Arc<str>, u64)>,
+        only_raise: bool,
+    ) -> Published {
+        let _writer = self.shared.writer();
+        let cur = self.shared.current();
+        let unchanged = Published {
+            version: cur.version,
+            ..Published::default()
+        };
+        if !cur.usage_loaded || cur.usage_month != Some(month) {
+            return unchanged;
+        }
+        // later entries for the same account win
+        let mut wanted: FxHashMap<Arc<str>, u64> = FxHashMap::default();
+        for (account, n) in totals {
+            wanted.insert(account, n);
+        }
+        let effective: Vec<(Arc<str>, u64)> = wanted
+            .into_iter()
+            .filter(|(a, n)| match cur.usage.get(&**a) {
+                None => true,
+                Some(old) if only_raise => n > old,
+                Some(old) => n != old,
+            })
+            .collect();
+        if effective.is_empty() {
+            return unchanged;
+        }
+        let mut usage: UsageMap = (*cur.usage).clone();
+        for (a, n) in &effective {
+            usage.insert(a.clone(), *n);
+        }
+        let changed = effective.len();
+        let list: Vec<ChangeKind> = effective
+            .into_iter()
+            .map(|(account_id, n)| ChangeKind::Usage {
+                account_id,
+                relays: Some(n),
+            })
+            .collect();
+        let next = Snapshot {
+            version: cur.version + 1,
+            usage: Arc::new(usage),
+            ..(*cur).clone()
+        };
+        let version = next.version;
+        let list = if cur.is_loaded() { Some(list) } else { None };
         self.publish(next, list, true);
         Published {
             version,
@@ -387,14 +569,28 @@ pub async fn start_with_options(
         .unwrap_or(1)
         .max(1);
     let (version_tx, _) = watch::channel(initial);
-    let shared = Arc::new(Shared {
+    let mut shared = Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::empty(initial)),
+        writer: Mutex::new(()),
         log: Mutex::new(ChangeLog::new(initial, options.change_log_capacity)),
         status: Mutex::new(StoreStatus::default()),
         observer,
         version_tx,
         refresh_now: Notify::new(),
-    });
+        clock_offset_secs: options.usage_clock_offset_secs,
+        metered: None,
+    };
+    if matches!(cfg.source, Source::Yaml { .. }) {
+        shared.metered = Some(Mutex::new(Metered::new(shared.clock_month())));
+    }
+    if options.usage_clock_offset_secs != 0 {
+        tracing::warn!(
+            offset_secs = options.usage_clock_offset_secs,
+            month = %shared.clock_month(),
+            "portal app store: the usage clock is shifted (a test setting)"
+        );
+    }
+    let shared = Arc::new(shared);
     let publisher = Publisher {
         shared: shared.clone(),
     };
@@ -499,6 +695,104 @@ impl Store {
         self.shared.refresh_now.notify_one();
     }
 
+    /// Unix seconds now as the store sees it: the system clock plus
+    /// [`StoreOptions::usage_clock_offset_secs`]. Its month is the month of the usage the
+    /// store loads; when it changes the store rolls over (see the crate docs).
+    pub fn now_unix(&self) -> i64 {
+        self.shared.now_unix()
+    }
+
+    /// The UTC month of the usage currently loaded; before any usage was loaded, the month
+    /// of [`Store::now_unix`]. Right after the clock crosses into a new month this is still
+    /// the old month until the store has reloaded usage (within about a second).
+    pub fn usage_month(&self) -> Month {
+        self.snapshot_guard()
+            .usage_month
+            .unwrap_or_else(|| self.shared.clock_month())
+    }
+
+    /// Sets the monthly usage totals of some accounts (the metering flusher's totals, e.g.
+    /// `relays + metered_relays` returned by its `UPDATE … RETURNING`): a partial update,
+    /// versioned like every usage change (one new version with one [`ChangeKind::Usage`] per
+    /// account whose total changed; none if nothing did). Monotonic within a month: a total
+    /// lower than the account's current one is ignored (only a full usage reload lowers
+    /// totals). Ignored as a whole when `month` is not [`Store::usage_month`] or usage is not
+    /// loaded yet. Returns the version after the update (the current one when nothing
+    /// changed). Safe to call from any thread; it briefly waits for a publish in progress.
+    pub fn publish_usage_totals(&self, month: Month, totals: Vec<(Arc<str>, u64)>) -> u64 {
+        let publisher = Publisher {
+            shared: self.shared.clone(),
+        };
+        let p = publisher.publish_usage_partial(month, totals, true);
+        if p.usage_changed > 0 {
+            tracing::debug!(
+                month = %month,
+                accounts = p.usage_changed,
+                version = p.version,
+                "usage totals published"
+            );
+        }
+        p.version
+    }
+
+    /// DB-less (YAML) mode: adds relays counted by edgeguard to accounts' usage of `month`,
+    /// kept in memory (lost on restart; a restarted store starts again from the file's
+    /// `monthly_usage`). What the store then enforces for an account is the file's
+    /// `monthly_usage` plus the relays added this month, also after a file reload. Returns
+    /// the new totals of the accounts in `deltas`, in account id order (zero deltas are
+    /// skipped), published as one usage change. When `month` is the clock's month and the store's usage still counts an
+    /// earlier one, the store rolls over first (the metered counts restart at zero).
+    /// Deltas for another month are dropped (an empty vec is returned), as are all deltas
+    /// with Postgres, where the flusher writes `metered_relays` and calls
+    /// [`Store::publish_usage_totals`] instead. Until the file was loaded the counts are
+    /// kept but not published.
+    pub fn add_metered(&self, month: Month, deltas: Vec<(Arc<str>, u64)>) -> Vec<(Arc<str>, u64)> {
+        let Some(metered) = &self.shared.metered else {
+            return Vec::new();
+        };
+        let publisher = Publisher {
+            shared: self.shared.clone(),
+        };
+        // one lock across "read the counts + publish" (the file reload takes it too): the
+        // totals published can never go back to a state without some added relays
+        let mut m = lock(metered);
+        if month != m.month {
+            if month == self.shared.clock_month() {
+                m.roll_to(month, &publisher);
+            } else {
+                tracing::debug!(month = %month, store_month = %m.month, "metered relays of another month dropped");
+                return Vec::new();
+            }
+        }
+        let mut touched: Vec<Arc<str>> = Vec::with_capacity(deltas.len());
+        for (account, n) in deltas {
+            if n == 0 {
+                continue;
+            }
+            let e = m.counts.entry(account.clone()).or_insert(0);
+            *e = e.saturating_add(n);
+            touched.push(account);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let totals: Vec<(Arc<str>, u64)> = touched
+            .into_iter()
+            .filter_map(|a| m.total(&a).map(|t| (a, t)))
+            .collect();
+        if m.file.is_some() {
+            let p = publisher.publish_usage_partial(month, totals.clone(), false);
+            if p.usage_changed > 0 {
+                tracing::debug!(
+                    month = %month,
+                    accounts = p.usage_changed,
+                    version = p.version,
+                    "metered relays published"
+                );
+            }
+        }
+        totals
+    }
+
     /// Stops the background tasks; the last snapshot stays readable.
     pub fn shutdown(&self) {
         for t in lock(&self.tasks).drain(..) {
@@ -592,9 +886,15 @@ pub(crate) async fn serve_snapshot_file(publisher: &Publisher, path: &Path) -> b
             if cur.is_loaded() {
                 return false;
             }
+            // the file's usage counts the month its data was read in
+            let month = data
+                .data_time
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .map_or_else(|| publisher.shared.clock_month(), Month::of);
             if cur.apps_loaded() {
                 let accounts = data.usage.len();
-                let p = publisher.publish_usage(data.usage);
+                let p = publisher.publish_usage(data.usage, month);
                 tracing::warn!(
                     file = %path.display(),
                     accounts,
@@ -604,7 +904,7 @@ pub(crate) async fn serve_snapshot_file(publisher: &Publisher, path: &Path) -> b
                 return true;
             }
             let apps = data.apps.len();
-            let usage = (!cur.usage_loaded()).then_some(data.usage);
+            let usage = (!cur.usage_loaded()).then_some((data.usage, month));
             let p = publisher.publish_full(data.apps, usage, Origin::SnapshotFile, data.data_time);
             tracing::warn!(
                 file = %path.display(),
@@ -632,16 +932,24 @@ mod tests {
     use crate::observer::NoopObserver;
     use edgeguard_verdict::portal::{AppAuth, PortalView};
 
+    const M: Month = Month {
+        year: 2026,
+        month: 11,
+    };
+
     fn shared(cap: usize) -> Publisher {
         let (version_tx, _) = watch::channel(100);
         Publisher {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(Snapshot::empty(100)),
+                writer: Mutex::new(()),
                 log: Mutex::new(ChangeLog::new(100, cap)),
                 status: Mutex::new(StoreStatus::default()),
                 observer: Arc::new(NoopObserver),
                 version_tx,
                 refresh_now: Notify::new(),
+                clock_offset_secs: 0,
+                metered: None,
             }),
         }
     }
@@ -667,7 +975,7 @@ mod tests {
         let log = |v| lock(&p.shared.log).since(v);
         let r = p.publish_full(
             apps(&[("a", "P1"), ("b", "P1")]),
-            Some(UsageMap::default()),
+            Some((UsageMap::default(), M)),
             Origin::Yaml,
             None,
         );
@@ -693,9 +1001,9 @@ mod tests {
         // usage
         let mut u = UsageMap::default();
         u.insert("acc".into(), 5);
-        assert_eq!(p.publish_usage(u.clone()).version, 104);
-        assert_eq!(p.publish_usage(u).version, 104);
-        assert_eq!(p.publish_usage(UsageMap::default()).version, 105);
+        assert_eq!(p.publish_usage(u.clone(), M).version, 104);
+        assert_eq!(p.publish_usage(u, M).version, 104);
+        assert_eq!(p.publish_usage(UsageMap::default(), M).version, 105);
         let c = log(103).unwrap();
         assert_eq!(
             c.changes.iter().map(|c| c.version).collect::<Vec<_>>(),
@@ -720,7 +1028,7 @@ mod tests {
         let r = p.publish_full(apps(&[("a", "P1")]), None, Origin::Postgres, None);
         assert_eq!(r.version, 101);
         // usage (even none at all) completes it, with a new version and no delta to apply
-        let r = p.publish_usage(UsageMap::default());
+        let r = p.publish_usage(UsageMap::default(), M);
         assert_eq!(r.version, 102);
         assert!(p.shared.current().is_loaded());
         assert!(lock(&p.shared.log).since(101).is_none());
@@ -730,7 +1038,7 @@ mod tests {
 
         // usage first: not loaded until the apps come
         let p = shared(100);
-        assert_eq!(p.publish_usage(over.clone()).version, 101);
+        assert_eq!(p.publish_usage(over.clone(), M).version, 101);
         let s = p.shared.current();
         assert!(!s.apps_loaded() && s.usage_loaded() && !s.is_loaded());
         let r = p.publish_full(apps(&[("a", "P1")]), None, Origin::Postgres, None);
@@ -745,7 +1053,7 @@ mod tests {
         let p = shared(2);
         p.publish_full(
             apps(&[("a", "P1")]),
-            Some(UsageMap::default()),
+            Some((UsageMap::default(), M)),
             Origin::Yaml,
             None,
         );
@@ -759,6 +1067,66 @@ mod tests {
         assert_eq!(
             lock(&p.shared.log).since(102).map(|c| c.changes.len()),
             Some(0)
+        );
+    }
+
+    #[test]
+    fn partial_usage_updates() {
+        let p = shared(100);
+        let log = |v| lock(&p.shared.log).since(v);
+        let usage = |pairs: &[(&str, u64)]| -> Vec<(Arc<str>, u64)> {
+            pairs.iter().map(|(a, n)| (Arc::from(*a), *n)).collect()
+        };
+        // before usage is loaded: ignored
+        let r = p.publish_usage_partial(M, usage(&[("a", 1)]), true);
+        assert_eq!((r.version, r.usage_changed), (100, 0));
+        let mut u = UsageMap::default();
+        u.insert("a".into(), 10);
+        u.insert("b".into(), 20);
+        p.publish_full(apps(&[("x", "P1")]), Some((u, M)), Origin::Postgres, None);
+        let v = p.shared.current().version;
+        assert_eq!(p.shared.current().usage_month(), Some(M));
+        // another month: ignored
+        let r = p.publish_usage_partial(M.next(), usage(&[("a", 99)]), true);
+        assert_eq!(r.version, v);
+        // only raise: a lower total is ignored, a higher one and a new account apply
+        let r = p.publish_usage_partial(M, usage(&[("a", 5), ("b", 21), ("c", 0)]), true);
+        assert_eq!((r.version, r.usage_changed), (v + 1, 2));
+        let s = p.shared.current();
+        assert_eq!(
+            (
+                s.account_usage("a"),
+                s.account_usage("b"),
+                s.account_usage("c")
+            ),
+            (Some(10), Some(21), Some(0))
+        );
+        let mut kinds: Vec<String> = log(v)
+            .unwrap()
+            .changes
+            .iter()
+            .map(|c| format!("{:?}", c.kind))
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds.len(), 2);
+        assert!(kinds[0].contains("\"b\"") && kinds[0].contains("Some(21)"));
+        // nothing effective: same version
+        let r = p.publish_usage_partial(M, usage(&[("a", 10), ("b", 3)]), true);
+        assert_eq!(r.version, v + 1);
+        // not only raising (YAML totals): a lower value applies
+        let r = p.publish_usage_partial(M, usage(&[("a", 5)]), false);
+        assert_eq!(r.version, v + 2);
+        assert_eq!(p.shared.current().account_usage("a"), Some(5));
+        // a full usage reload of the next month with the same data: same version, new month
+        let same: UsageMap = p.shared.current().usage.as_ref().clone();
+        let r = p.publish_usage(same, M.next());
+        assert_eq!(r.version, v + 2);
+        assert_eq!(p.shared.current().usage_month(), Some(M.next()));
+        let r = p.publish_usage_partial(M, usage(&[("a", 50)]), true);
+        assert_eq!(
+            r.version,
+            v + 2,
+            "the old month is ignored after the rollover"
         );
     }
 }

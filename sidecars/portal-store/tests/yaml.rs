@@ -230,7 +230,7 @@ impl Headers for H {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_file() {
     let d = load_yaml(&demo_file()).unwrap();
-    assert_eq!(d.apps.len(), 5);
+    assert_eq!(d.apps.len(), 6);
     let store = start_with_options(cfg(&demo_file()), StoreOptions::default(), Recorder::new())
         .await
         .unwrap();
@@ -618,4 +618,189 @@ async fn hostile_files_are_refused_before_parsing() {
     })
     .await
     .expect("good file not loaded");
+}
+
+fn deltas(list: &[(&str, u64)]) -> Vec<(std::sync::Arc<str>, u64)> {
+    list.iter()
+        .map(|(a, n)| (std::sync::Arc::from(*a), *n))
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_relays_add_to_the_file_usage_and_survive_reloads() {
+    use edgeguard_verdict::quota::Month;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(&path, doc(GOOD)).unwrap();
+    let store = start_with_options(cfg(&path), StoreOptions::default(), Recorder::new())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(5)).await);
+    let month = store.usage_month();
+    assert_eq!(month, Month::of(unix_now()));
+    assert_eq!(store.snapshot().usage_month(), Some(month));
+    let v = store.version();
+
+    // acc1 has monthly_usage 10 in the file; acc2 none; repeated accounts add up
+    let totals = store.add_metered(
+        month,
+        deltas(&[("acc1", 5), ("acc2", 3), ("acc1", 2), ("nobody", 0)]),
+    );
+    assert_eq!(totals, deltas(&[("acc1", 17), ("acc2", 3)]));
+    let s = store.snapshot();
+    assert_eq!((s.usage("acc1"), s.usage("acc2")), (Some(17), Some(3)));
+    assert_eq!(store.version(), v + 1, "one call, one version");
+    let c = store.changes_since(v).unwrap();
+    assert_eq!(c.changes.len(), 2);
+    assert!(c.changes.iter().any(|c| c.kind
+        == ChangeKind::Usage {
+            account_id: "acc1".into(),
+            relays: Some(17)
+        }));
+    // another month: dropped
+    assert!(store
+        .add_metered(month.next(), deltas(&[("acc1", 1)]))
+        .is_empty());
+    assert_eq!(store.snapshot().usage("acc1"), Some(17));
+
+    // the file changes (acc1's monthly_usage 10 → 11, a2's key): the metered relays stay
+    let v = store.version();
+    replace(
+        &path,
+        &doc(&GOOD
+            .replace("s3cret", "n3w")
+            .replace("monthly_usage: 10", "monthly_usage: 11")),
+    );
+    wait_until(Duration::from_secs(3), || {
+        store.snapshot().usage("acc1") == Some(18)
+    })
+    .await
+    .expect("file reload keeps the metered relays");
+    assert_eq!(store.snapshot().usage("acc2"), Some(3));
+    assert_eq!(store.version(), v + 1);
+    // and keep adding on top of the new file usage
+    assert_eq!(
+        store.add_metered(month, deltas(&[("acc1", 1_000_000)])),
+        deltas(&[("acc1", 1_000_018)])
+    );
+    let a1 = store.snapshot();
+    assert_eq!(a1.usage("acc1"), Some(1_000_018));
+    // acc1 is PLAN_FREE: over 1,000,000 → 429
+    struct NoHeaders;
+    impl edgeguard_verdict::portal::Headers for NoHeaders {
+        fn get(&self, _: &str) -> Option<&str> {
+            None
+        }
+    }
+    let d = check(Some(("/v1/a1", &NoHeaders)), &*a1, CheckOptions::default()).unwrap_err();
+    assert_eq!(d.http_status(), 429);
+
+    // from several threads at once, concurrently with file reloads: nothing is lost
+    let mut threads = Vec::new();
+    for _ in 0..4 {
+        let s = store.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..250 {
+                s.add_metered(month, deltas(&[("acc2", 1)]));
+            }
+        }));
+    }
+    replace(&path, &doc(GOOD));
+    store.refresh_now();
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            t.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(3), || {
+        store.snapshot().usage("acc1") == Some(1_000_017)
+    })
+    .await
+    .expect("reloaded: file usage 10 + metered 1,000,007");
+    assert_eq!(store.snapshot().usage("acc2"), Some(1_003));
+    store.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_relays_reset_when_the_month_rolls_over() {
+    use edgeguard_verdict::quota::Month;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(&path, doc(GOOD)).unwrap();
+    // the store's clock reaches the end of the month 3 s from now
+    let now = unix_now();
+    let month = Month::of(now);
+    let options = StoreOptions {
+        usage_clock_offset_secs: month.next().start() - 3 - now,
+        ..StoreOptions::default()
+    };
+    let store = start_with_options(cfg(&path), options, Recorder::new())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(2)).await);
+    assert_eq!(store.usage_month(), month);
+    store.add_metered(month, deltas(&[("acc1", 2_000_000), ("acc2", 5)]));
+    let v = store.version();
+    assert_eq!(store.snapshot().usage("acc1"), Some(2_000_010));
+    wait_until(Duration::from_secs(6), || {
+        store.usage_month() == month.next()
+    })
+    .await
+    .expect("rolled over");
+    let s = store.snapshot();
+    assert_eq!(s.usage("acc1"), Some(10), "the file's usage alone");
+    assert_eq!(s.usage("acc2"), None);
+    let c = store.changes_since(v).unwrap();
+    assert_eq!(c.changes.len(), 2, "{:?}", c.changes);
+    // the old month's deltas are dropped, the new month's count from zero
+    assert!(store.add_metered(month, deltas(&[("acc1", 1)])).is_empty());
+    assert_eq!(
+        store.add_metered(month.next(), deltas(&[("acc1", 1)])),
+        deltas(&[("acc1", 11)])
+    );
+    store.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_does_not_wake_itself_by_reading_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(&path, doc(GOOD)).unwrap();
+    let store = start_with_options(cfg(&path), StoreOptions::default(), Recorder::new())
+        .await
+        .unwrap();
+    assert!(store.wait_loaded(Duration::from_secs(5)).await);
+    // every read (even of an unchanged file) confirms the data: last_success moves on.
+    // Opening the file to read it must not count as a change to read it again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let first = store.last_success();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        store.last_success(),
+        first,
+        "the file was read again unchanged"
+    );
+    // a real change still is
+    replace(
+        &path,
+        &doc(&GOOD.replace("monthly_usage: 10", "monthly_usage: 12")),
+    );
+    wait_until(Duration::from_secs(3), || {
+        store.snapshot().usage("acc1") == Some(12)
+    })
+    .await
+    .expect("change picked up");
+    store.shutdown();
 }

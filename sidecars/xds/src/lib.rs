@@ -97,28 +97,6 @@ fn init_logging() {
         .try_init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 /// Runs the control plane until SIGINT/SIGTERM.
 pub async fn run(args: XdsArgs) -> Result<(), XdsError> {
     init_logging();
@@ -207,7 +185,7 @@ pub async fn run(args: XdsArgs) -> Result<(), XdsError> {
     );
     let served = tokio::select! {
         r = &mut server => r,
-        _ = shutdown_signal() => {
+        _ = edgeguard_shutdown::signal() => {
             tracing::info!("stopping: closing ADS streams");
             let _ = stop_tx.send(true);
             match tokio::time::timeout(std::time::Duration::from_secs(3), &mut server).await {

@@ -322,7 +322,7 @@ fn jwt_section(report: &mut String) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["jwt", "xds", "authz", "portal", "native"];
+    let all = ["jwt", "xds", "authz", "portal", "native", "metering"];
     let sections: Vec<&str> = if args.is_empty() {
         all.to_vec()
     } else {
@@ -338,6 +338,7 @@ fn main() {
             "authz" => edgeguard_tests::bench_authz::authz_section(&mut report),
             "portal" => edgeguard_tests::bench_authz::portal_section(&mut report),
             "native" => edgeguard_tests::bench_native::section(&mut report),
+            "metering" => edgeguard_tests::bench_metering::section(&mut report),
             other => {
                 eprintln!("unknown section {other}; sections: {}", all.join(", "));
                 std::process::exit(2);
