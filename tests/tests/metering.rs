@@ -250,6 +250,7 @@ fn exact_counts_and_quota_on_every_envoy(flavour: Flavour) {
             account_id: ACCOUNT.into(),
             relays: 7,
         }],
+        devices: vec![],
     }
     .encode();
     let post = |port: u16, auth: &str, body: &[u8]| {

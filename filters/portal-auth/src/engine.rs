@@ -1,6 +1,7 @@
 //! The request path, against [`Host`]: the portal verdict on the local store copy.
 
 use edgeguard_host::{Host, Level, Metrics};
+use edgeguard_verdict::device::Peer;
 use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers, PortalView};
 use edgeguard_verdict::portal_wire::StoreCopy;
 use edgeguard_verdict::quota::{QuotaHeaders, QuotaState};
@@ -66,7 +67,8 @@ pub enum Outcome {
 pub type ResponseHeaders = Vec<(&'static str, String)>;
 
 /// What the request path needs besides the host: the meter (counted into when metering is on)
-/// and the clock (Unix seconds), asked only when quota headers are written.
+/// and the clock (Unix seconds), asked only when quota headers are written or a device
+/// certificate is judged.
 pub struct Context<'a, N: Fn() -> i64> {
     pub meter: &'a Meter,
     pub now: N,
@@ -159,7 +161,14 @@ pub fn on_request<H: Host, M: Metrics, N: Fn() -> i64>(
     let options = CheckOptions {
         rate_limit_headers: config.rate_limit_headers,
     };
-    match portal::check(Some((&path, &headers)), copy, options) {
+    // the client certificate, asked only for apps that accept one (a host call each)
+    let peer = || {
+        host.peer_certificate_sha256().map(|fingerprint| Peer {
+            fingerprint,
+            now: (cx.now)(),
+        })
+    };
+    match portal::check(Some((&path, &headers)), copy, options, &peer) {
         Ok(allowed) => {
             for n in &owned {
                 if !allowed
@@ -180,6 +189,9 @@ pub fn on_request<H: Host, M: Metrics, N: Fn() -> i64>(
             metrics.increment(metrics::ALLOWED);
             if config.metering.enabled {
                 cx.meter.count(&allowed.app_id, &allowed.app.account_id);
+                if let Some(d) = allowed.device {
+                    cx.meter.seen(&d.id, (cx.now)());
+                }
             }
             let response_headers = if config.quota_headers == QuotaHeaders::All {
                 quota_headers(copy, allowed.app, &cx.now, false)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use edgeguard_verdict::portal_wire::UsageEntry;
+use edgeguard_verdict::portal_wire::{DeviceSeen, UsageEntry};
 use rustc_hash::FxBuildHasher;
 
 /// Shards of the meter: one per lock a worker may contend on. The wasm VM is single-threaded.
@@ -39,12 +39,16 @@ struct Shard {
 #[derive(Debug)]
 pub struct Meter {
     shards: Vec<Mutex<Shard>>,
+    /// Devices seen since the last report (device id → last allowed request, Unix seconds):
+    /// their heartbeats. Few per Envoy, so one map.
+    seen: Mutex<HashMap<Arc<str>, i64, FxBuildHasher>>,
 }
 
 impl Default for Meter {
     fn default() -> Meter {
         Meter {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            seen: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -94,6 +98,31 @@ impl Meter {
     }
 
     /// Relays ever counted (never decreases).
+    /// Records that a device made an allowed request at `now` (Unix seconds).
+    pub fn seen(&self, device_id: &Arc<str>, now: i64) {
+        let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match m.get_mut(device_id) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                m.insert(Arc::clone(device_id), now);
+            }
+        }
+    }
+
+    /// Takes at most `max` devices seen.
+    pub fn drain_seen(&self, max: usize) -> Vec<DeviceSeen> {
+        let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<Arc<str>> = m.keys().take(max).cloned().collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                m.remove(&id).map(|last_seen| DeviceSeen {
+                    device_id: id.to_string(),
+                    last_seen,
+                })
+            })
+            .collect()
+    }
+
     pub fn total(&self) -> u64 {
         self.shards
             .iter()

@@ -120,7 +120,8 @@ impl Reporter {
         self.last_start = Some(now);
         if self.unacked.is_none() {
             let entries = meter.drain(MAX_REPORT_ENTRIES);
-            if entries.is_empty() {
+            let devices = meter.drain_seen(MAX_REPORT_ENTRIES);
+            if entries.is_empty() && devices.is_empty() {
                 return;
             }
             self.seq += 1;
@@ -128,6 +129,7 @@ impl Reporter {
                 reporter: self.id.clone(),
                 seq: self.seq,
                 entries,
+                devices,
             };
             self.unacked = Some(Unacked {
                 seq: report.seq,

@@ -326,6 +326,7 @@ mod tests {
                         plan: "PLAN_FREE".into(),
                         auth: AppAuth::Public,
                         monthly_user_limit: 0,
+                        client_auth: Default::default(),
                     }),
                 })
                 .collect(),

@@ -48,6 +48,7 @@ fn copy() -> Copy {
             digest: key_digest(k),
         }),
         monthly_user_limit: limit,
+        client_auth: Default::default(),
     };
     c.apply(Update {
         from: 0,

@@ -40,6 +40,7 @@ fn copy() -> Copy {
             digest: key_digest(k),
         }),
         monthly_user_limit: 0,
+        client_auth: Default::default(),
     };
     c.apply(Update {
         from: 0,

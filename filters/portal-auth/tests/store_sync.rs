@@ -43,6 +43,7 @@ fn update(from: u64, version: u64, full: bool, ids: &[&str]) -> Vec<u8> {
                     plan: "PLAN_FREE".into(),
                     auth: AppAuth::Public,
                     monthly_user_limit: 0,
+                    client_auth: Default::default(),
                 }),
             })
             .collect(),

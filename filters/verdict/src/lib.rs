@@ -5,6 +5,8 @@
 //!
 //! - [`token`]: JWS compact parsing and claim checks;
 //! - [`binding`]: certificate-bound tokens (RFC 8705 `cnf.x5t#S256`);
+//! - [`device`]: device identity (client certificates `edgeguard enroll` issued) in verdicts;
+//! - [`xfcc`]: Envoy's `x-forwarded-client-cert` header;
 //! - [`jwk`]: key sets (JWKS, HMAC secrets) and signature checks with strict alg/key binding;
 //! - [`rsa`]: a verify-only RSA built for speed inside V8's wasm runtime;
 //! - [`query`], [`identifier`], [`shape`]: Electric shape requests and shape claims;
@@ -14,6 +16,7 @@
 //! - [`reply`]: the JSON error bodies every edgeguard component answers with.
 
 pub mod binding;
+pub mod device;
 pub mod identifier;
 pub mod jwk;
 #[cfg(feature = "ring")]
@@ -28,3 +31,4 @@ pub mod shape;
 pub mod strip;
 pub mod subset;
 pub mod token;
+pub mod xfcc;

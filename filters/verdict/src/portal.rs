@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::device::{self, ClientAuth, Device, DeviceRefusal, Fingerprint, Peer};
+
 /// The free plan (PEAS `PLAN_FREE`).
 pub const PLAN_FREE: &str = "PLAN_FREE";
 /// The unlimited plan (PEAS `PLAN_UNLIMITED`).
@@ -105,6 +107,9 @@ pub struct PortalApp {
     pub auth: AppAuth,
     /// `accounts.monthly_user_limit` (0 when NULL or negative).
     pub monthly_user_limit: u64,
+    /// Key, device certificate, or either (edgeguard's own setting; PEAS knew keys only).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
 }
 
 impl PortalApp {
@@ -155,6 +160,10 @@ pub trait PortalView {
     fn app(&self, id: &str) -> Option<&PortalApp>;
     /// This month's relays of an account, when known.
     fn usage(&self, account_id: &str) -> Option<u64>;
+    /// The enrolled, not revoked device with this certificate fingerprint.
+    fn device(&self, _fingerprint: &Fingerprint) -> Option<&Device> {
+        None
+    }
 }
 
 /// Case-insensitive access to request headers.
@@ -181,6 +190,8 @@ pub enum Denial {
     Unauthorized {
         app_id: String,
         account_id: String,
+        /// Why the client certificate did not do, when the app accepts certificates.
+        certificate: Option<DeviceRefusal>,
     },
     RateLimited {
         app_id: String,
@@ -268,7 +279,15 @@ impl Denial {
 
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.http_status(), self.message())
+        write!(f, "{} {}", self.http_status(), self.message())?;
+        if let Denial::Unauthorized {
+            certificate: Some(r),
+            ..
+        } = self
+        {
+            write!(f, " ({})", r.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +296,9 @@ impl fmt::Display for Denial {
 pub struct Allowed<'a> {
     pub app_id: String,
     pub app: &'a PortalApp,
+    /// The device whose certificate authenticated the request (apps with
+    /// [`ClientAuth::Certificate`] or [`ClientAuth::Either`]).
+    pub device: Option<&'a Device>,
     /// Headers to set on the request, in order, replacing client-sent copies.
     pub headers: Vec<(String, String)>,
     /// The rate-limit decision PEAS records: `no_limit_configured` or `allowed`.
@@ -319,11 +341,14 @@ fn key_matches(expected: &KeyDigest, presented: Option<&str>) -> bool {
     }
 }
 
-/// Decides one request. `http` is `None` when the CheckRequest had no HTTP attributes.
+/// Decides one request. `http` is `None` when the CheckRequest had no HTTP attributes; `peer`
+/// gives the client certificate the request came with (over mutual TLS), if any: asked only
+/// for apps that accept certificates (it costs a host call in a filter).
 pub fn check<'v>(
     http: Option<(&str, &dyn Headers)>,
     view: &'v dyn PortalView,
     options: CheckOptions,
+    peer: &dyn Fn() -> Option<Peer>,
 ) -> Result<Allowed<'v>, Denial> {
     let (path, headers) = http.ok_or(Denial::NoHttp)?;
     if path.is_empty() {
@@ -336,15 +361,24 @@ pub fn check<'v>(
     let app = view.app(id).ok_or_else(|| Denial::AppNotFound {
         app_id: id.to_string(),
     })?;
-    let authorized = match &app.auth {
+    let key_ok = || match &app.auth {
         AppAuth::Public => true,
         AppAuth::ApiKey { digest } => key_matches(digest, presented_key(headers)),
         AppAuth::MissingKey => false,
+    };
+    let (authorized, device, certificate) = if app.client_auth.accepts_certificate() {
+        match device::authenticate(peer().as_ref(), |f| view.device(f), &app.account_id) {
+            Ok(d) => (true, Some(d), None),
+            Err(r) => (app.client_auth.accepts_key() && key_ok(), None, Some(r)),
+        }
+    } else {
+        (key_ok(), None, None)
     };
     if !authorized {
         return Err(Denial::Unauthorized {
             app_id: id.to_string(),
             account_id: app.account_id.to_string(),
+            certificate,
         });
     }
     let rate_limit_decision = if app.has_rate_limit() {
@@ -366,6 +400,9 @@ pub fn check<'v>(
         (HEADER_APP_ID.to_string(), id.to_string()),
         (HEADER_ACCOUNT_ID.to_string(), app.account_id.to_string()),
     ];
+    if let Some(d) = device {
+        stamped.push((device::HEADER_DEVICE_ID.to_string(), d.id.to_string()));
+    }
     if options.rate_limit_headers {
         if let Some(h) = app.rate_limit_header() {
             stamped.push(h);
@@ -374,6 +411,7 @@ pub fn check<'v>(
     Ok(Allowed {
         app_id: id.to_string(),
         app,
+        device,
         headers: stamped,
         rate_limit_decision,
     })
@@ -407,6 +445,7 @@ mod tests {
         loaded: bool,
         apps: HashMap<String, PortalApp>,
         usage: HashMap<String, u64>,
+        devices: HashMap<Fingerprint, Device>,
     }
     impl PortalView for Store {
         fn loaded(&self) -> bool {
@@ -417,6 +456,9 @@ mod tests {
         }
         fn usage(&self, account: &str) -> Option<u64> {
             self.usage.get(account).copied()
+        }
+        fn device(&self, f: &Fingerprint) -> Option<&Device> {
+            self.devices.get(f)
         }
     }
 
@@ -432,6 +474,7 @@ mod tests {
                 },
             },
             monthly_user_limit: limit,
+            client_auth: ClientAuth::Key,
         }
     }
 
@@ -465,15 +508,102 @@ mod tests {
             CheckOptions {
                 rate_limit_headers: true,
             },
+            &|| None,
         )
         .map(|a| a.headers)
+    }
+
+    fn run_as(
+        path: &str,
+        headers: Vec<(&'static str, &'static str)>,
+        s: &Store,
+        peer: Option<Peer>,
+    ) -> Result<Vec<(String, String)>, Denial> {
+        let h = H(headers);
+        check(Some((path, &h)), s, CheckOptions::default(), &|| peer).map(|a| a.headers)
+    }
+
+    #[test]
+    fn devices_by_client_auth_mode() {
+        let mut s = store();
+        let mut cert_app = app("a2", "PLAN_FREE", 0, Some("s3cret"));
+        cert_app.client_auth = ClientAuth::Certificate;
+        s.apps.insert("cert".into(), cert_app.clone());
+        cert_app.client_auth = ClientAuth::Either;
+        s.apps.insert("either".into(), cert_app);
+        s.devices.insert(
+            [7; 32],
+            Device {
+                id: "dev1".into(),
+                account_id: "a2".into(),
+                not_after: 2_000,
+            },
+        );
+        s.devices.insert(
+            [8; 32],
+            Device {
+                id: "dev2".into(),
+                account_id: "a1".into(),
+                not_after: 2_000,
+            },
+        );
+        let peer = |f: u8, now: i64| {
+            Some(Peer {
+                fingerprint: [f; 32],
+                now,
+            })
+        };
+        let key = vec![("authorization", "s3cret")];
+        // certificate: the device of the account, not a key
+        let ok = run_as("/v1/cert", vec![], &s, peer(7, 1_000)).unwrap();
+        assert_eq!(ok[2], ("Portal-Device-ID".into(), "dev1".into()));
+        assert_eq!(ok[1], ("Portal-Account-ID".into(), "a2".into()));
+        let refused = |r: Result<_, Denial>| match r {
+            Err(Denial::Unauthorized { certificate, .. }) => certificate,
+            other => panic!("expected a 401, got {other:?}"),
+        };
+        assert_eq!(
+            refused(run_as("/v1/cert", key.clone(), &s, None)),
+            Some(DeviceRefusal::NoCertificate)
+        );
+        assert_eq!(
+            refused(run_as("/v1/cert", key.clone(), &s, peer(9, 1_000))),
+            Some(DeviceRefusal::UnknownCertificate)
+        );
+        assert_eq!(
+            refused(run_as("/v1/cert", vec![], &s, peer(7, 2_000))),
+            Some(DeviceRefusal::Expired)
+        );
+        assert_eq!(
+            refused(run_as("/v1/cert", vec![], &s, peer(8, 1_000))),
+            Some(DeviceRefusal::OtherAccount)
+        );
+        // either: the certificate, or the key
+        assert!(run_as("/v1/either", vec![], &s, peer(7, 1_000)).is_ok());
+        let by_key = run_as("/v1/either", key.clone(), &s, peer(9, 1_000)).unwrap();
+        assert_eq!(by_key.len(), 2, "no device header when the key did it");
+        assert!(run_as("/v1/either", key.clone(), &s, None).is_ok());
+        assert_eq!(
+            refused(run_as("/v1/either", vec![], &s, peer(8, 1_000))),
+            Some(DeviceRefusal::OtherAccount)
+        );
+        // key (the default): a certificate neither helps nor hurts
+        assert!(run_as("/v1/keyed", vec![], &s, peer(7, 1_000)).is_err());
+        let d = run_as("/v1/keyed", vec![], &s, peer(7, 1_000)).unwrap_err();
+        assert_eq!(refused(Err(d.clone())), None);
+        assert_eq!(d.to_string(), "401 unauthorized");
+        let d = run_as("/v1/cert", vec![], &s, peer(7, 5_000)).unwrap_err();
+        assert_eq!(
+            d.to_string(),
+            "401 unauthorized (device certificate expired)"
+        );
     }
 
     #[test]
     fn peas_statuses() {
         let s = store();
         assert_eq!(
-            check(None, &s, CheckOptions::default()).unwrap_err(),
+            check(None, &s, CheckOptions::default(), &|| None).unwrap_err(),
             Denial::NoHttp
         );
         assert_eq!(

@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::{Device, Fingerprint};
 use crate::portal::{PortalApp, PortalView};
 
 /// Content type of an encoded [`Update`].
-pub const CONTENT_TYPE: &str = "application/x-edgeguard-portal-update;v=2";
+pub const CONTENT_TYPE: &str = "application/x-edgeguard-portal-update;v=3";
 /// Most apps in one part of a full copy.
 pub const PART_APPS: usize = 100_000;
 /// Path of the snapshot endpoint on `edgeguard authz`'s HTTP port.
@@ -42,6 +43,13 @@ pub struct UsageChange {
     pub relays: Option<u64>,
 }
 
+/// A change to one device certificate: `None` forgets it (revoked, re-keyed, deleted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceChange {
+    pub fingerprint: Fingerprint,
+    pub device: Option<Device>,
+}
+
 /// The changes that bring a copy from `from` to `version`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
@@ -53,6 +61,8 @@ pub struct Update {
     pub full: bool,
     pub apps: Vec<AppChange>,
     pub usage: Vec<UsageChange>,
+    /// Device certificates (usage and devices travel in part 0 of a full copy).
+    pub devices: Vec<DeviceChange>,
     /// Which part of a full copy this is (0-based), and how many there are (1 = the whole
     /// copy in one answer). Usage travels in part 0.
     pub part: u32,
@@ -112,6 +122,9 @@ pub struct StoreCopy<S: BuildHasher + Default + Clone = std::collections::hash_m
     /// Changes on top of `base`: `None` = deleted.
     overlay_apps: HashMap<Box<str>, Option<PortalApp>, S>,
     overlay_usage: HashMap<Box<str>, Option<u64>, S>,
+    /// Device certificates: few, and changed rarely, so a change copies the map (only if a
+    /// published clone shares it).
+    devices: Arc<HashMap<Fingerprint, Device, S>>,
     /// Account ids and plans, interned (shared by every clone; only `apply` writes).
     strings: Arc<Mutex<HashSet<Arc<str>, S>>>,
 }
@@ -170,6 +183,14 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
             self.base = Arc::new(maps);
             self.overlay_apps = HashMap::default();
             self.overlay_usage = HashMap::default();
+            let mut devices = HashMap::with_capacity_and_hasher(update.devices.len(), S::default());
+            for c in update.devices {
+                if let Some(mut d) = c.device {
+                    d.account_id = intern(d.account_id);
+                    devices.insert(c.fingerprint, d);
+                }
+            }
+            self.devices = Arc::new(devices);
         } else {
             for c in update.apps {
                 let app = c.app.map(|mut app| {
@@ -182,6 +203,20 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
             for u in update.usage {
                 self.overlay_usage
                     .insert(u.account_id.into_boxed_str(), u.relays);
+            }
+            if !update.devices.is_empty() {
+                let devices = Arc::make_mut(&mut self.devices);
+                for c in update.devices {
+                    match c.device {
+                        Some(mut d) => {
+                            d.account_id = intern(d.account_id);
+                            devices.insert(c.fingerprint, d);
+                        }
+                        None => {
+                            devices.remove(&c.fingerprint);
+                        }
+                    }
+                }
             }
         }
         drop(strings);
@@ -212,6 +247,15 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
         for u in update.usage {
             if let Some(r) = u.relays {
                 base.usage.insert(u.account_id.into_boxed_str(), r);
+            }
+        }
+        if !update.devices.is_empty() {
+            let devices = Arc::make_mut(&mut self.devices);
+            for c in update.devices {
+                if let Some(mut d) = c.device {
+                    d.account_id = intern_in(&mut strings, d.account_id);
+                    devices.insert(c.fingerprint, d);
+                }
             }
         }
     }
@@ -254,6 +298,11 @@ impl<S: BuildHasher + Default + Clone> StoreCopy<S> {
         n
     }
 
+    /// Number of device certificates.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
     /// Entries waiting in the overlay (for tests and metrics).
     pub fn overlay_len(&self) -> usize {
         self.overlay_apps.len() + self.overlay_usage.len()
@@ -278,13 +327,17 @@ impl<S: BuildHasher + Default + Clone> PortalView for StoreCopy<S> {
             None => self.base.usage.get(account_id).copied(),
         }
     }
+
+    fn device(&self, fingerprint: &Fingerprint) -> Option<&Device> {
+        self.devices.get(fingerprint)
+    }
 }
 
 /// Path of the usage report endpoint on `edgeguard authz`'s HTTP port (`POST`, the same
 /// bearer token as the snapshot feed).
 pub const USAGE_PATH: &str = "/store/v1/usage";
 /// Content type of an encoded [`UsageReport`] and of its [`UsageAck`].
-pub const USAGE_CONTENT_TYPE: &str = "application/x-edgeguard-usage-report;v=1";
+pub const USAGE_CONTENT_TYPE: &str = "application/x-edgeguard-usage-report;v=2";
 /// Most entries in one report (one per app counted since the last report).
 pub const MAX_REPORT_ENTRIES: usize = 200_000;
 /// Longest reporter id.
@@ -300,6 +353,16 @@ pub struct UsageReport {
     pub reporter: String,
     pub seq: u64,
     pub entries: Vec<UsageEntry>,
+    /// Devices that made an allowed request since the previous report (heartbeats): when
+    /// each was last seen. Applied idempotently (a later time wins), so retries are harmless.
+    pub devices: Vec<DeviceSeen>,
+}
+
+/// A device's last allowed request, in Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSeen {
+    pub device_id: String,
+    pub last_seen: i64,
 }
 
 /// Allowed requests of one app (of one account) since the previous report.
@@ -349,6 +412,18 @@ impl UsageReport {
         {
             return Err("usage report entry with an empty or over-long id".into());
         }
+        if r.devices.len() > MAX_REPORT_ENTRIES {
+            return Err(format!(
+                "usage report has {} devices, more than {MAX_REPORT_ENTRIES}",
+                r.devices.len()
+            ));
+        }
+        if r.devices
+            .iter()
+            .any(|d| d.device_id.is_empty() || d.device_id.len() > 256)
+        {
+            return Err("usage report device with an empty or over-long id".into());
+        }
         Ok(r)
     }
 
@@ -383,7 +458,83 @@ mod tests {
                 digest: key_digest("k"),
             },
             monthly_user_limit: 0,
+            client_auth: crate::device::ClientAuth::Key,
         }
+    }
+
+    fn device(id: &str, acc: &str) -> Option<Device> {
+        Some(Device {
+            id: id.into(),
+            account_id: acc.into(),
+            not_after: 1_000,
+        })
+    }
+
+    #[test]
+    fn devices_travel_and_are_forgotten() {
+        let mut c: StoreCopy = StoreCopy::default();
+        let full = Update {
+            version: 1,
+            full: true,
+            devices: vec![
+                DeviceChange {
+                    fingerprint: [1; 32],
+                    device: device("d1", "acc"),
+                },
+                DeviceChange {
+                    fingerprint: [2; 32],
+                    device: device("d2", "acc"),
+                },
+            ],
+            parts: 1,
+            ..Default::default()
+        };
+        c.apply(Update::decode(&full.encode()).unwrap()).unwrap();
+        assert_eq!(c.device_count(), 2);
+        assert_eq!(c.device(&[1; 32]).map(|d| &*d.id), Some("d1"));
+        let published = c.clone();
+        c.apply(Update {
+            from: 1,
+            version: 2,
+            devices: vec![
+                DeviceChange {
+                    fingerprint: [1; 32],
+                    device: None,
+                },
+                DeviceChange {
+                    fingerprint: [3; 32],
+                    device: device("d1", "acc"),
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            c.device(&[1; 32]).is_none(),
+            "the revoked certificate is gone"
+        );
+        assert_eq!(c.device(&[3; 32]).map(|d| &*d.id), Some("d1"));
+        assert!(
+            published.device(&[1; 32]).is_some(),
+            "a published clone keeps its copy"
+        );
+        // a later part of a full copy adds, a full update replaces
+        c.extend(Update {
+            devices: vec![DeviceChange {
+                fingerprint: [4; 32],
+                device: device("d4", "acc"),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(c.device_count(), 3);
+        c.apply(Update {
+            version: 3,
+            full: true,
+            parts: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.device_count(), 0);
     }
 
     #[test]
@@ -453,6 +604,7 @@ mod tests {
             full: true,
             apps: vec![],
             usage: vec![],
+            devices: vec![],
             part: 0,
             parts: 1,
         })
@@ -476,6 +628,7 @@ mod tests {
                 })
                 .collect(),
             usage: vec![],
+            devices: vec![],
             part: 0,
             parts: 1,
         })
@@ -526,6 +679,7 @@ mod tests {
                     app: if i % 2 == 0 { None } else { Some(app("acc3")) },
                 }],
                 usage: vec![],
+                devices: vec![],
                 part: 0,
                 parts: 1,
             })
@@ -548,8 +702,20 @@ mod tests {
                 account_id: "x".into(),
                 relays: 5,
             }],
+            devices: vec![DeviceSeen {
+                device_id: "dev_1".into(),
+                last_seen: 1_700_000_000,
+            }],
         };
         assert_eq!(UsageReport::decode(&r.encode()), Ok(r.clone()));
+        let nameless = UsageReport {
+            devices: vec![DeviceSeen {
+                device_id: String::new(),
+                last_seen: 1,
+            }],
+            ..r.clone()
+        };
+        assert!(UsageReport::decode(&nameless.encode()).is_err());
         assert_eq!(r.relays(), 5);
         let zero = UsageReport {
             seq: 0,

@@ -189,6 +189,7 @@ mod tests {
             plan: plan.into(),
             auth: AppAuth::Public,
             monthly_user_limit: limit,
+            client_auth: crate::device::ClientAuth::Key,
         }
     }
 

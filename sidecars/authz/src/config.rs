@@ -215,6 +215,13 @@ pub struct AuthzArgs {
     #[arg(long, env = "EDGEGUARD_QUOTA_HEADERS", default_value = "denied")]
     pub quota_headers: edgeguard_verdict::quota::QuotaHeaders,
 
+    /// Read a device's client certificate from `x-forwarded-client-cert` (`Hash=`) when the
+    /// CheckRequest carries none: only where TLS ends at a proxy in front that sets that
+    /// header itself (Envoy `forward_client_cert_details: SANITIZE_SET`). Off by default: the
+    /// certificate then comes only from the connection (`include_peer_certificate: true`).
+    #[arg(long, env = "EDGEGUARD_TRUST_XFCC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_xfcc: bool,
+
     /// Test only: shifts this service's clock for usage months (seconds), so a test can start
     /// just before a month ends.
     #[arg(

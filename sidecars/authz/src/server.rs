@@ -686,6 +686,7 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
         strip: args.strip_request_headers.clone(),
         metering: metering.clone(),
         quota_headers: args.quota_headers,
+        trust_xfcc: args.trust_xfcc,
     };
     info!(grpc = %grpc_addr, http = %http_addr, version = %args.image_tag, "edgeguard authz listening");
     let incoming =

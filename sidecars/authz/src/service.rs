@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgeguard_verdict::device::{self, Peer};
 use edgeguard_verdict::portal::{self, CheckOptions, Denial, Headers};
 use edgeguard_verdict::quota::{QuotaHeaders, QuotaState};
 use edgeguard_verdict::strip::HeaderStrip;
+use edgeguard_verdict::xfcc;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -175,9 +177,38 @@ pub struct AuthzService {
     pub metering: Option<Arc<edgeguard_metering::Metering>>,
     /// Which answers carry the quota headers.
     pub quota_headers: QuotaHeaders,
+    /// Whether a client certificate may be read from `x-forwarded-client-cert` when the
+    /// CheckRequest carries none (TLS ends at a proxy in front that sets that header).
+    pub trust_xfcc: bool,
 }
 
 impl AuthzService {
+    /// The client certificate of a CheckRequest: `attributes.source.certificate` (Envoy's
+    /// ext_authz filter with `include_peer_certificate: true`: the URL-encoded PEM of the
+    /// certificate the TLS handshake verified), else, when trusted, the `Hash=` of the last
+    /// element of `x-forwarded-client-cert`. A certificate that cannot be read is no
+    /// certificate (an app that needs one answers 401).
+    fn peer(&self, req: &CheckRequest, headers: Option<&CheckHeaders<'_>>) -> Option<Peer> {
+        let from_connection = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .map(|s| s.certificate.as_str())
+            .filter(|c| !c.is_empty())
+            .and_then(device::pem_fingerprint);
+        let fingerprint = match from_connection {
+            Some(f) => Some(f),
+            None if self.trust_xfcc => headers
+                .and_then(|h| h.get(xfcc::HEADER))
+                .and_then(|v| xfcc::last_hash(v).ok()),
+            None => None,
+        }?;
+        Some(Peer {
+            fingerprint,
+            now: self.store.now_unix(),
+        })
+    }
+
     /// Decides one CheckRequest and records PEAS's metrics.
     pub fn decide(&self, req: &CheckRequest) -> CheckResponse {
         let started = Instant::now();
@@ -193,8 +224,9 @@ impl AuthzService {
         };
         let view = self.store.view();
         let view: &dyn portal::PortalView = &*view;
+        let peer = || self.peer(req, headers.as_ref());
         let (response, app_id, account_id, status, error_type, rl) =
-            match portal::check(input, view, self.options) {
+            match portal::check(input, view, self.options, &peer) {
                 Ok(allowed) => {
                     let names = headers
                         .as_ref()
@@ -212,6 +244,9 @@ impl AuthzService {
                     ));
                     if let Some(m) = &self.metering {
                         m.count(&allowed.app_id, &allowed.app.account_id);
+                        if let Some(d) = allowed.device {
+                            m.seen(&d.id, self.store.now_unix());
+                        }
                     }
                     let quota = match self.quota_headers {
                         QuotaHeaders::All => QuotaState::of(

@@ -3,7 +3,7 @@
 use std::hash::BuildHasher;
 
 use edgeguard_portal_store::{ChangeKind, Snapshot, Store};
-use edgeguard_verdict::portal_wire::{AppChange, Update, UsageChange, PART_APPS};
+use edgeguard_verdict::portal_wire::{AppChange, DeviceChange, Update, UsageChange, PART_APPS};
 use rustc_hash::FxBuildHasher;
 
 /// Most parts a full copy is split into (10M apps at [`PART_APPS`] each).
@@ -35,6 +35,13 @@ pub fn update_since(store: &Store, snap: &Snapshot, since: u64) -> Option<Update
                         account_id: account_id.to_string(),
                         relays,
                     }),
+                    ChangeKind::Device {
+                        fingerprint,
+                        device,
+                    } => update.devices.push(DeviceChange {
+                        fingerprint,
+                        device,
+                    }),
                 }
             }
             return Some(update);
@@ -47,7 +54,8 @@ pub fn update_since(store: &Store, snap: &Snapshot, since: u64) -> Option<Update
 }
 
 /// Part `part` of `parts` of the whole store: the apps whose id hashes to `part` (a stable
-/// hash, so the split is the same at every version), and in part 0 the usage.
+/// hash, so the split is the same at every version), and in part 0 the usage and the device
+/// certificates.
 pub fn full_part(snap: &Snapshot, part: u32, parts: u32) -> Update {
     let parts = parts.max(1);
     let mine = |id: &str| FxBuildHasher.hash_one(id) % u64::from(parts) == u64::from(part);
@@ -68,6 +76,17 @@ pub fn full_part(snap: &Snapshot, part: u32, parts: u32) -> Update {
                 .map(|(account_id, relays)| UsageChange {
                     account_id: account_id.to_string(),
                     relays: Some(relays),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        devices: if part == 0 {
+            snap.devices()
+                .iter()
+                .map(|(fingerprint, device)| DeviceChange {
+                    fingerprint: *fingerprint,
+                    device: Some(device.clone()),
                 })
                 .collect()
         } else {
@@ -99,6 +118,7 @@ mod tests {
                     plan: "PLAN_FREE".into(),
                     auth: AppAuth::Public,
                     monthly_user_limit: 0,
+                    client_auth: Default::default(),
                 },
             );
         }

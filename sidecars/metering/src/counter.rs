@@ -14,6 +14,8 @@ type Shard = Mutex<FxHashMap<Box<str>, (Arc<str>, u64)>>;
 #[derive(Default)]
 pub struct LocalCounts {
     shards: [Shard; SHARDS],
+    /// Devices seen (device id → last allowed request, Unix seconds): heartbeats.
+    seen: Mutex<FxHashMap<Arc<str>, i64>>,
 }
 
 impl LocalCounts {
@@ -48,6 +50,23 @@ impl LocalCounts {
             );
         }
         out
+    }
+
+    /// Records that a device made an allowed request at `now`.
+    pub fn seen(&self, device_id: &Arc<str>, now: i64) {
+        let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match m.get_mut(device_id) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                m.insert(device_id.clone(), now);
+            }
+        }
+    }
+
+    /// Takes every device seen: `(device_id, last_seen)`.
+    pub fn drain_seen(&self) -> Vec<(String, i64)> {
+        let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        m.drain().map(|(d, t)| (d.to_string(), t)).collect()
     }
 
     /// Relays counted and not yet drained.
@@ -86,5 +105,10 @@ mod tests {
         );
         assert_eq!(c.pending(), 0);
         assert!(c.drain().is_empty());
+        let dev: Arc<str> = "dev".into();
+        c.seen(&dev, 10);
+        c.seen(&dev, 9);
+        assert_eq!(c.drain_seen(), vec![("dev".to_string(), 10)]);
+        assert!(c.drain_seen().is_empty());
     }
 }

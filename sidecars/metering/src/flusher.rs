@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use edgeguard_verdict::portal_wire::{UsageEntry, UsageReport};
+use edgeguard_verdict::portal_wire::{DeviceSeen, UsageEntry, UsageReport};
 use edgeguard_verdict::quota::Month;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{oneshot, watch};
@@ -109,6 +109,11 @@ impl Metering {
         self.inner.counts.count(app_id, account_id);
     }
 
+    /// Records a device's allowed request (its heartbeat), at `now` (Unix seconds).
+    pub fn seen(&self, device_id: &Arc<str>, now: i64) {
+        self.inner.counts.seen(device_id, now);
+    }
+
     /// Queues a report and waits until it is durable: `Ok(true)` applied now, `Ok(false)`
     /// applied before (a retry).
     pub async fn submit(&self, report: UsageReport) -> Result<bool, SubmitError> {
@@ -191,7 +196,8 @@ async fn run<S: Sink>(
         };
         if local.is_none() {
             let drained = inner.counts.drain();
-            if !drained.is_empty() {
+            let seen = inner.counts.drain_seen();
+            if !drained.is_empty() || !seen.is_empty() {
                 seq += 1;
                 local = Some(UsageReport {
                     reporter: config.instance.clone(),
@@ -202,6 +208,13 @@ async fn run<S: Sink>(
                             app_id,
                             account_id,
                             relays,
+                        })
+                        .collect(),
+                    devices: seen
+                        .into_iter()
+                        .map(|(device_id, last_seen)| DeviceSeen {
+                            device_id,
+                            last_seen,
                         })
                         .collect(),
                 });
@@ -361,6 +374,7 @@ mod tests {
                 account_id: "acc".into(),
                 relays,
             }],
+            devices: vec![],
         }
     }
 

@@ -28,6 +28,8 @@ pub struct FlushOutcome {
     pub totals: Vec<(Arc<str>, u64)>,
     /// Rows touched (report ids + app rows + account rows).
     pub rows: u64,
+    /// Devices whose last-seen time moved.
+    pub heartbeats: u64,
 }
 
 /// Why a flush failed (nothing of it was applied).
@@ -79,6 +81,16 @@ WITH new_reports AS (
 SELECT 0 AS kind, reporter AS id, seq AS n FROM new_reports
 UNION ALL SELECT 1, account_id, total FROM accounts
 UNION ALL SELECT 2, '', count(*) FROM apps";
+
+/// Heartbeats (`$1` device ids, `$2` Unix seconds): each device's `last_seen_at` moves
+/// forward to the latest time seen (migration 0005; last_seen_at is not a column its change
+/// trigger watches, so this sends no notification). Idempotent, so not part of the
+/// exactly-once statement: a failure is logged and the next report brings newer times.
+pub const HEARTBEAT_SQL: &str = "\
+UPDATE edgeguard_devices d SET last_seen_at = s.t
+FROM (SELECT id, to_timestamp(max(t)) AS t FROM unnest($1::text[], $2::bigint[]) AS s(id, t)
+      GROUP BY id) s
+WHERE d.id = s.id AND (d.last_seen_at IS NULL OR d.last_seen_at < s.t)";
 
 /// Applied-report ids are kept this long (a reporter retrying longer could be applied twice).
 pub const REPORT_RETENTION_DAYS: u32 = 35;
@@ -168,6 +180,25 @@ impl PgSink {
                             .push((Arc::from(id.as_str()), u64::try_from(n).unwrap_or(0)));
                     }
                     _ => out.rows += u64::try_from(n).unwrap_or(0),
+                }
+            }
+        }
+        let (ids, times): (Vec<String>, Vec<i64>) = batch
+            .reports
+            .iter()
+            .flat_map(|r| r.devices.iter())
+            .map(|d| (d.device_id.clone(), d.last_seen))
+            .unzip();
+        if !ids.is_empty() {
+            match sqlx::query(HEARTBEAT_SQL)
+                .bind(ids)
+                .bind(times)
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(done) => out.heartbeats = done.rows_affected(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record device heartbeats (last_seen_at); the next report brings them again")
                 }
             }
         }

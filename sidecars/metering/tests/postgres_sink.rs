@@ -19,6 +19,7 @@ fn report(reporter: &str, seq: u64, entries: &[(&str, &str, u64)]) -> UsageRepor
                 relays: *n,
             })
             .collect(),
+        devices: vec![],
     }
 }
 

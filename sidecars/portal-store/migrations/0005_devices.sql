@@ -22,8 +22,9 @@
 --
 -- UPDATE notifies only for the columns a verdict reads (not `last_seen_at`, which heartbeats
 -- will write often, nor `label`, `serial`, `created_at`). (An UPDATE that moves a device to another id or account sends one for the old and one for the
--- new). Delivered at commit. The portal store does not hold devices yet and ignores these
--- payloads.  Idempotent: tables and indexes are created if missing, the function
+-- new). Delivered at commit. The portal store reads every valid device again on each of these
+-- payloads (the registry is small) and publishes the difference, so a revocation reaches every
+-- Envoy through the snapshot feed.  Idempotent: tables and indexes are created if missing, the function
 -- replaced and the triggers dropped and re-created.
 
 CREATE TABLE IF NOT EXISTS edgeguard_devices (

@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use edgeguard_verdict::device::{Device, Fingerprint};
 use edgeguard_verdict::portal::PortalApp;
 
 /// What changed.
@@ -30,6 +31,12 @@ pub enum ChangeKind {
     Usage {
         account_id: Arc<str>,
         relays: Option<u64>,
+    },
+    /// A device certificate was enrolled or changed (`Some`), or is no longer valid (`None`:
+    /// revoked, replaced by a re-key, deleted).
+    Device {
+        fingerprint: Fingerprint,
+        device: Option<Device>,
     },
 }
 

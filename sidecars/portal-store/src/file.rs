@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edgeguard_verdict::device::ClientAuth;
 use edgeguard_verdict::portal::{AppAuth, PortalApp};
 use rustc_hash::FxHashMap;
 use serde::ser::SerializeMap;
@@ -109,7 +110,7 @@ fn auth_str(a: &AppAuth) -> String {
 
 impl Serialize for Out<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(Some(9))?;
         m.serialize_entry("format", FORMAT)?;
         m.serialize_entry("format_version", &FORMAT_VERSION)?;
         m.serialize_entry("origin", self.snap.origin().as_str())?;
@@ -127,6 +128,15 @@ impl Serialize for Out<'_> {
             }),
         )?;
         m.serialize_entry("usage", &Seq(|| self.snap.usages()))?;
+        m.serialize_entry(
+            "client_auth",
+            &Seq(|| {
+                self.snap
+                    .apps()
+                    .filter(|(_, a)| a.client_auth != ClientAuth::Key)
+                    .map(|(id, a)| (id, a.client_auth.as_str()))
+            }),
+        )?;
         m.end()
     }
 }
@@ -192,6 +202,9 @@ struct In {
     apps: Vec<(String, usize, String)>,
     #[serde(default)]
     usage: Vec<(String, u64)>,
+    /// Apps whose client authentication is not `key`: (id, mode).
+    #[serde(default)]
+    client_auth: Vec<(String, String)>,
 }
 
 /// Reads a snapshot file. Blocking.
@@ -243,8 +256,19 @@ pub(crate) fn read(path: &Path) -> Result<FileData, SnapshotFileError> {
                 plan,
                 auth,
                 monthly_user_limit: limit,
+                client_auth: ClientAuth::Key,
             },
         );
+    }
+    for (i, (id, mode)) in doc.client_auth.iter().enumerate() {
+        let mode = ClientAuth::parse(mode).ok_or_else(|| {
+            invalid(format!(
+                "client_auth[{i}]: mode must be key, certificate or either"
+            ))
+        })?;
+        if let Some(app) = apps.get_mut(id.as_str()) {
+            app.client_auth = mode;
+        }
     }
     let usage = doc
         .usage
@@ -273,6 +297,7 @@ mod tests {
             plan: plan.into(),
             auth,
             monthly_user_limit: limit,
+            client_auth: ClientAuth::Key,
         };
         apps.insert("a".into(), app("x", "PLAN_FREE", 0, AppAuth::Public));
         apps.insert(
@@ -288,6 +313,9 @@ mod tests {
         );
         apps.insert("c".into(), app("x", "PLAN_FREE", 0, AppAuth::MissingKey));
         apps.insert("d".into(), app("", "", 0, AppAuth::Public));
+        let mut e = app("x", "PLAN_FREE", 0, AppAuth::MissingKey);
+        e.client_auth = ClientAuth::Certificate;
+        apps.insert("e".into(), e);
         let mut usage = UsageMap::default();
         usage.insert("x".into(), 1_500_000);
         let snap = Snapshot::from_parts(3, apps.clone(), usage.clone());

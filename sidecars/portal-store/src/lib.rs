@@ -204,7 +204,7 @@ pub use observer::{
     ErrorType, NoopObserver, NotifyApplied, RefreshKind, RefreshOk, SourceType, StoreObserver,
 };
 pub use pg::{migrate, migrate_with};
-pub use snapshot::{AccountUsage, AppMap, Origin, Snapshot, UsageMap};
+pub use snapshot::{AccountUsage, AppMap, DeviceMap, Origin, Snapshot, UsageMap};
 pub use store::{start, start_with_options, Store, StoreStatus};
 pub use yaml::{load_yaml, parse_yaml, YamlData, YamlError};
 

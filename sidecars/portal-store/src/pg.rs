@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use edgeguard_verdict::device::{parse_fingerprint, ClientAuth, Device};
 use edgeguard_verdict::portal::{key_digest, AppAuth, PortalApp};
 use edgeguard_verdict::quota::Month;
 use futures_util::TryStreamExt;
@@ -10,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{Connection, Row};
 
 use crate::config::{describe, parse_url, StoreError};
-use crate::snapshot::{AppMap, Interner, UsageMap};
+use crate::snapshot::{AppMap, DeviceMap, Interner, UsageMap};
 
 /// PEAS's `SelectPortalApps`, verbatim.
 pub const SELECT_PORTAL_APPS: &str = "\
@@ -53,6 +54,22 @@ pub const SELECT_USAGE_CHANGED_WITHOUT_METERED: &str = "\
 SELECT account_id, relays FROM account_monthly_usage
 WHERE month = $1::date AND updated_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond';";
 
+/// The valid device certificates (migration 0005, kept by `edgeguard enroll`): devices not
+/// revoked, whose certificate no revocation or re-key listed.
+pub const SELECT_DEVICES: &str = "\
+SELECT d.id, d.account_id, d.fingerprint_sha256, extract(epoch FROM d.not_after)::int8
+FROM edgeguard_devices d
+WHERE d.revoked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM edgeguard_revoked_certificates r
+                  WHERE r.fingerprint_sha256 = d.fingerprint_sha256);";
+
+/// Apps' client authentication (migration 0006): all of them.
+pub const SELECT_CLIENT_AUTH: &str = "SELECT application_id, mode FROM edgeguard_app_client_auth;";
+
+/// [`SELECT_CLIENT_AUTH`] for some apps (`$1`).
+pub const SELECT_CLIENT_AUTH_BY_IDS: &str =
+    "SELECT application_id, mode FROM edgeguard_app_client_auth WHERE application_id = ANY($1::text[]);";
+
 /// The database clock, in microseconds since the Unix epoch.
 pub const SELECT_DB_NOW: &str = "SELECT (extract(epoch FROM now()) * 1000000)::int8";
 
@@ -60,7 +77,7 @@ pub const SELECT_DB_NOW: &str = "SELECT (extract(epoch FROM now()) * 1000000)::i
 pub const CHANNEL: &str = "edgeguard_portal_changes";
 
 /// The migrations, in order: (file name, SQL).
-pub const MIGRATIONS: [(&str, &str); 5] = [
+pub const MIGRATIONS: [(&str, &str); 6] = [
     (
         "0001_grove_schema.sql",
         include_str!("../migrations/0001_grove_schema.sql"),
@@ -80,6 +97,10 @@ pub const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0005_devices.sql",
         include_str!("../migrations/0005_devices.sql"),
+    ),
+    (
+        "0006_client_auth.sql",
+        include_str!("../migrations/0006_client_auth.sql"),
     ),
 ];
 
@@ -224,6 +245,7 @@ pub(crate) fn map_row(row: RawRow, interner: &mut Interner, stats: &mut RowStats
         plan: interner.get(row.plan.as_deref().unwrap_or("")),
         auth,
         monthly_user_limit: u64::try_from(limit).unwrap_or(0),
+        client_auth: ClientAuth::Key,
     }
 }
 
@@ -312,6 +334,111 @@ pub(crate) async fn query_apps(
     }
     apps.shrink_to_fit();
     Ok((apps, stats))
+}
+
+/// Whether `e` is Postgres's "undefined table" (SQLSTATE 42P01): a migration of edgeguard's
+/// own tables (0005, 0006) was not applied.
+pub(crate) fn is_undefined_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01"))
+}
+
+/// Rows of edgeguard's own tables that could not be used.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnRows {
+    /// Device rows with an unreadable column or a fingerprint that is not 64 hex digits
+    /// (skipped: such a device is refused).
+    pub bad_devices: usize,
+    /// Client-auth rows with an unknown mode (the app then accepts certificates only, the
+    /// narrower reading; logged).
+    pub bad_modes: usize,
+    /// The table did not exist (migration not applied).
+    pub missing_table: bool,
+}
+
+/// Reads the valid device certificates. A database without migration 0005 has none.
+pub(crate) async fn query_devices(
+    conn: &mut PgConnection,
+) -> Result<(DeviceMap, OwnRows), sqlx::Error> {
+    let mut devices = DeviceMap::default();
+    let mut stats = OwnRows::default();
+    let mut interner = Interner::default();
+    let mut rows = sqlx::query(SELECT_DEVICES).fetch(&mut *conn);
+    loop {
+        let row = match rows.try_next().await {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) if is_undefined_table(&e) => {
+                stats.missing_table = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let id = row.try_get::<String, _>(0);
+        let account = row.try_get::<String, _>(1);
+        let fingerprint = row.try_get::<String, _>(2);
+        let not_after = row.try_get::<i64, _>(3);
+        match (
+            id,
+            account,
+            fingerprint.map(|f| parse_fingerprint(&f)),
+            not_after,
+        ) {
+            (Ok(id), Ok(account), Ok(Some(fingerprint)), Ok(not_after)) => {
+                devices.insert(
+                    fingerprint,
+                    Device {
+                        id: Arc::from(id),
+                        account_id: interner.get(&account),
+                        not_after,
+                    },
+                );
+            }
+            _ => stats.bad_devices += 1,
+        }
+    }
+    Ok((devices, stats))
+}
+
+/// Sets the client authentication of `apps` from migration 0006's table (all apps, or those
+/// of `ids`). Apps without a row keep `key`. A database without the table has none.
+pub(crate) async fn apply_client_auth(
+    conn: &mut PgConnection,
+    apps: &mut AppMap,
+    ids: Option<&[String]>,
+) -> Result<OwnRows, sqlx::Error> {
+    let mut stats = OwnRows::default();
+    let query = match ids {
+        None => sqlx::query(SELECT_CLIENT_AUTH),
+        Some(ids) => sqlx::query(SELECT_CLIENT_AUTH_BY_IDS).bind(ids),
+    };
+    let mut rows = query.fetch(&mut *conn);
+    loop {
+        let row = match rows.try_next().await {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) if is_undefined_table(&e) => {
+                stats.missing_table = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(id) = row.try_get::<String, _>(0) else {
+            stats.bad_modes += 1;
+            continue;
+        };
+        let mode = row.try_get::<String, _>(1).ok();
+        let Some(app) = apps.get_mut(id.as_str()) else {
+            continue;
+        };
+        app.client_auth = match mode.as_deref().and_then(ClientAuth::parse) {
+            Some(m) => m,
+            None => {
+                stats.bad_modes += 1;
+                ClientAuth::Certificate
+            }
+        };
+    }
+    Ok(stats)
 }
 
 /// Whether `e` is Postgres's "undefined column" (SQLSTATE 42703): here, migration 0004's

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use edgeguard_verdict::device::{Device, Fingerprint};
 use edgeguard_verdict::portal::{PortalApp, PortalView};
 use edgeguard_verdict::quota::Month;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -16,6 +17,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub type AppMap = FxHashMap<Arc<str>, PortalApp>;
 /// This month's relays by account id.
 pub type UsageMap = FxHashMap<Arc<str>, u64>;
+/// Enrolled, not revoked devices by certificate fingerprint.
+pub type DeviceMap = FxHashMap<Fingerprint, Device>;
 /// Upserts (`Some`) and deletions (`None`) since the base.
 pub(crate) type Overlay = FxHashMap<Arc<str>, Option<PortalApp>>;
 
@@ -69,6 +72,9 @@ pub struct Snapshot {
     /// The UTC month `usage` counts (`None` before usage was loaded, and in snapshots built
     /// outside a store).
     pub(crate) usage_month: Option<Month>,
+    /// Device certificates (`edgeguard enroll`'s registry): not part of `loaded`, since
+    /// without them only device callers are refused, nothing is opened.
+    pub(crate) devices: Arc<DeviceMap>,
 }
 
 impl Snapshot {
@@ -86,6 +92,7 @@ impl Snapshot {
             account_count: 0,
             usage: Arc::new(UsageMap::default()),
             usage_month: None,
+            devices: Arc::new(DeviceMap::default()),
         }
     }
 
@@ -104,7 +111,19 @@ impl Snapshot {
             account_count,
             usage: Arc::new(usage),
             usage_month: None,
+            devices: Arc::new(DeviceMap::default()),
         }
+    }
+
+    /// The same snapshot with these devices (tests, tools, benches).
+    pub fn with_devices(mut self, devices: DeviceMap) -> Snapshot {
+        self.devices = Arc::new(devices);
+        self
+    }
+
+    /// Device certificates, by fingerprint.
+    pub fn devices(&self) -> &DeviceMap {
+        &self.devices
     }
 
     /// Version of the data (monotonic within a store; see the crate docs).
@@ -293,6 +312,10 @@ impl PortalView for Snapshot {
     fn usage(&self, account_id: &str) -> Option<u64> {
         self.account_usage(account_id)
     }
+
+    fn device(&self, fingerprint: &Fingerprint) -> Option<&Device> {
+        self.devices.get(fingerprint)
+    }
 }
 
 /// One account in the rate-limit summary (PEAS `peas_account_usage_total` /
@@ -348,6 +371,7 @@ mod tests {
             plan: plan.into(),
             auth: AppAuth::Public,
             monthly_user_limit: limit,
+            client_auth: Default::default(),
         }
     }
 

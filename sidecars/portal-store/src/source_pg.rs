@@ -18,7 +18,8 @@ use tokio::time::sleep_until;
 use crate::config::{describe, StoreConfig, StoreOptions};
 use crate::observer::{ErrorType, NotifyApplied, RefreshKind, RefreshOk, SourceType};
 use crate::pg::{
-    connect, db_now, is_undefined_column, query_apps, query_usage, query_usage_changed, CHANNEL,
+    apply_client_auth, connect, db_now, is_undefined_column, query_apps, query_devices,
+    query_usage, query_usage_changed, OwnRows, CHANNEL,
 };
 use crate::snapshot::Origin;
 use crate::store::{serve_snapshot_file, Backoff, FileWriter, LogThrottle, Publisher};
@@ -42,11 +43,13 @@ struct Batch {
     account_ids: FxHashSet<String>,
     notifications: usize,
     first_at: Option<Instant>,
+    /// The device registry changed: read it again.
+    devices: bool,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.app_ids.len() + self.account_ids.len()
+        self.app_ids.len() + self.account_ids.len() + usize::from(self.devices)
     }
 }
 
@@ -109,6 +112,31 @@ pub(crate) fn spawn(
     };
     tasks.push(crate::background::handle().spawn(r.run(rx, listen)));
     tasks
+}
+
+/// What a full load read.
+struct FullLoad {
+    apps: crate::snapshot::AppMap,
+    stats: crate::pg::RowStats,
+    modes: OwnRows,
+    devices: crate::snapshot::DeviceMap,
+    device_rows: OwnRows,
+}
+
+/// Logs unusable rows of edgeguard's own tables.
+fn log_own_rows(modes: OwnRows, devices: OwnRows) {
+    if modes.bad_modes > 0 {
+        tracing::warn!(
+            count = modes.bad_modes,
+            "edgeguard_app_client_auth: rows with an unknown mode; those apps accept device certificates only"
+        );
+    }
+    if devices.bad_devices > 0 {
+        tracing::warn!(
+            count = devices.bad_devices,
+            "edgeguard_devices: unreadable rows (or fingerprints that are not 64 hex digits) skipped; those devices are refused"
+        );
+    }
 }
 
 struct Refresher {
@@ -267,13 +295,20 @@ impl Refresher {
         true
     }
 
-    async fn load_all(
-        &mut self,
-    ) -> Result<(crate::snapshot::AppMap, crate::pg::RowStats), Failure> {
+    async fn load_all(&mut self) -> Result<FullLoad, Failure> {
         let timeout = self.options.query_timeout;
         let work = async {
             let conn = self.conn().await?;
-            query_apps(conn, None).await
+            let (mut apps, stats) = query_apps(conn, None).await?;
+            let modes = apply_client_auth(conn, &mut apps, None).await?;
+            let (devices, device_rows) = query_devices(conn).await?;
+            Ok::<_, sqlx::Error>(FullLoad {
+                apps,
+                stats,
+                modes,
+                devices,
+                device_rows,
+            })
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(Ok(r)) => Ok(r),
@@ -288,7 +323,14 @@ impl Refresher {
         let started = Instant::now();
         self.last_full_started = Some(started);
         match self.load_all().await {
-            Ok((apps, stats)) => {
+            Ok(FullLoad {
+                apps,
+                stats,
+                modes,
+                devices,
+                device_rows,
+            }) => {
+                log_own_rows(modes, device_rows);
                 let missing = stats.missing_keys;
                 if self.last_missing_keys != Some(missing)
                     || stats.negative_limits > 0
@@ -308,6 +350,15 @@ impl Refresher {
                     Origin::Postgres,
                     Some(SystemTime::now()),
                 );
+                let device_count = devices.len();
+                let devices_published = self.publisher.publish_devices(devices);
+                if devices_published.devices_changed > 0 {
+                    tracing::info!(
+                        devices = device_count,
+                        changed = devices_published.devices_changed,
+                        "device certificates loaded"
+                    );
+                }
                 let duration = started.elapsed();
                 let snap = shared.current();
                 let recovered = {
@@ -556,6 +607,43 @@ impl Refresher {
         }
     }
 
+    /// Reads the device registry again and publishes the difference; `Some(delay)` when it
+    /// failed and a full reload must follow.
+    async fn reload_devices(&mut self, first_at: Option<Instant>) -> Option<Duration> {
+        let timeout = self.options.query_timeout;
+        let work = async {
+            let conn = self.conn().await?;
+            query_devices(conn).await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok((devices, rows))) => {
+                log_own_rows(OwnRows::default(), rows);
+                let count = devices.len();
+                let published = self.publisher.publish_devices(devices);
+                tracing::info!(
+                    devices = count,
+                    changed = published.devices_changed,
+                    version = published.version,
+                    latency_ms = first_at
+                        .map(|t| t.elapsed().as_millis() as u64)
+                        .unwrap_or(0),
+                    "device registry changed: device certificates reloaded"
+                );
+                None
+            }
+            Ok(Err(e)) => {
+                self.drop_conn();
+                tracing::warn!(postgres = %self.target, error = %e, "device registry reload failed; a full reload will follow");
+                Some(self.app_backoff.next_delay())
+            }
+            Err(_) => {
+                self.drop_conn();
+                tracing::warn!(postgres = %self.target, timeout_ms = timeout.as_millis() as u64, "device registry reload timed out; a full reload will follow");
+                Some(self.app_backoff.next_delay())
+            }
+        }
+    }
+
     /// Applies a NOTIFY batch; returns `Some(delay)` when a full reload must follow.
     async fn delta(&mut self, batch: Batch) -> Option<Duration> {
         let shared = self.publisher.shared.clone();
@@ -571,12 +659,24 @@ impl Refresher {
             );
             return Some(Duration::ZERO);
         }
+        if batch.devices {
+            if let Some(retry) = self.reload_devices(batch.first_at).await {
+                return Some(retry);
+            }
+            if batch.app_ids.is_empty() && batch.account_ids.is_empty() {
+                return None;
+            }
+        }
         let app_ids: Vec<String> = batch.app_ids.into_iter().collect();
         let account_ids: Vec<String> = batch.account_ids.into_iter().collect();
         let timeout = self.options.query_timeout;
         let work = async {
             let conn = self.conn().await?;
-            query_apps(conn, Some((&app_ids, &account_ids))).await
+            let (mut apps, stats) = query_apps(conn, Some((&app_ids, &account_ids))).await?;
+            let ids: Vec<String> = apps.keys().map(|k| k.to_string()).collect();
+            let modes = apply_client_auth(conn, &mut apps, Some(&ids)).await?;
+            log_own_rows(modes, OwnRows::default());
+            Ok::<_, sqlx::Error>((apps, stats))
         };
         let result = match tokio::time::timeout(timeout, work).await {
             Ok(Ok(r)) => Ok(r),
@@ -660,20 +760,20 @@ enum Parsed {
         account_id: Option<String>,
     },
     Everything,
-    /// A change to a table the store does not hold (migration 0005's `edgeguard_devices`,
-    /// kept by `edgeguard enroll`): counted, nothing to reload.
-    NotHeld,
+    /// A change to migration 0005's `edgeguard_devices` (kept by `edgeguard enroll`): the
+    /// device registry is read again.
+    Devices,
 }
 
-/// Tables whose notifications share the channel but whose rows the store does not load.
-const TABLES_NOT_HELD: [&str; 1] = ["edgeguard_devices"];
+/// The table of device certificates.
+const DEVICES_TABLE: &str = "edgeguard_devices";
 
 fn parse_payload(payload: &str) -> (String, Parsed) {
     match serde_json::from_str::<Payload>(payload) {
         Ok(p) => {
             let table = p.table.unwrap_or_else(|| "unknown".into());
-            if TABLES_NOT_HELD.contains(&table.as_str()) {
-                return (table, Parsed::NotHeld);
+            if table == DEVICES_TABLE {
+                return (table, Parsed::Devices);
             }
             let truncate =
                 p.op.as_deref()
@@ -811,7 +911,14 @@ impl Listener {
                         shared.status().notifications += 1;
                         shared.observer.notification(&table);
                         match parsed {
-                            Parsed::NotHeld => {}
+                            Parsed::Devices => {
+                                if batch.first_at.is_none() {
+                                    batch.first_at = Some(Instant::now());
+                                    deadline = Some(Instant::now() + self.options.notify_debounce);
+                                }
+                                batch.notifications += 1;
+                                batch.devices = true;
+                            }
                             Parsed::Everything => {
                                 tracing::debug!(table = %table, payload = n.payload(), "notification without ids: full reload");
                                 if self.tx.send(Msg::Resync { listening_since: Instant::now(), reason: "notification without ids" }).await.is_err() {
@@ -890,15 +997,18 @@ mod tests {
                 account_id: Some(_)
             }
         ));
-        for not_held in [
+        for devices in [
             r#"{"table":"edgeguard_devices","op":"INSERT","device_id":"dev_1","account_id":"a"}"#,
             r#"{"table":"edgeguard_devices","op":"TRUNCATE"}"#,
         ] {
             assert!(
-                matches!(parse_payload(not_held).1, Parsed::NotHeld),
-                "{not_held}"
+                matches!(parse_payload(devices).1, Parsed::Devices),
+                "{devices}"
             );
         }
+        let (_, p) =
+            parse_payload(r#"{"table":"edgeguard_app_client_auth","op":"INSERT","app_id":"a1"}"#);
+        assert!(matches!(p, Parsed::Ids { app_id: Some(ref a), .. } if a == "a1"));
         for everything in [
             r#"{"table":"accounts","op":"TRUNCATE"}"#,
             "not json",

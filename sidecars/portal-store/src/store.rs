@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::changes::{ChangeKind, ChangeLog, ChangeSet};
 use crate::config::{parse_url, validate, Source, StoreConfig, StoreError, StoreOptions};
 use crate::observer::StoreObserver;
-use crate::snapshot::{count_accounts, AppMap, Origin, Overlay, Snapshot, UsageMap};
+use crate::snapshot::{count_accounts, AppMap, DeviceMap, Origin, Overlay, Snapshot, UsageMap};
 
 /// Health and freshness of the store (for `/readyz`, metrics, logs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,6 +162,7 @@ pub(crate) struct Published {
     pub usage_changed: usize,
     pub upserted: usize,
     pub deleted: usize,
+    pub devices_changed: usize,
 }
 
 /// The only writer of snapshots: owned by the store's refresh task.
@@ -318,6 +319,7 @@ impl Publisher {
                 _ => cur.usage.clone(),
             },
             usage_month,
+            devices: cur.devices.clone(),
         };
         self.publish(next, list, bumped);
         Published {
@@ -469,6 +471,53 @@ impl Publisher {
         Published {
             version,
             usage_changed: changed,
+            ..Published::default()
+        }
+    }
+}
+
+impl Publisher {
+    /// Replaces the device certificates (a full read of the registry: it is small, and read
+    /// again whole on every change of it). Only effective changes make a new version.
+    pub(crate) fn publish_devices(&self, devices: DeviceMap) -> Published {
+        let cap = self.cap();
+        let _writer = self.shared.writer();
+        let cur = self.shared.current();
+        let mut list: Vec<ChangeKind> = devices
+            .iter()
+            .filter(|(f, d)| cur.devices.get(*f) != Some(*d))
+            .map(|(f, d)| ChangeKind::Device {
+                fingerprint: *f,
+                device: Some(d.clone()),
+            })
+            .collect();
+        list.extend(
+            cur.devices
+                .keys()
+                .filter(|f| !devices.contains_key(*f))
+                .map(|f| ChangeKind::Device {
+                    fingerprint: *f,
+                    device: None,
+                }),
+        );
+        if list.is_empty() {
+            return Published {
+                version: cur.version,
+                ..Published::default()
+            };
+        }
+        let changed = list.len();
+        let next = Snapshot {
+            version: cur.version + 1,
+            devices: Arc::new(devices),
+            ..(*cur).clone()
+        };
+        let version = next.version;
+        let list = (cur.is_loaded() && list.len() <= cap).then_some(list);
+        self.publish(next, list, true);
+        Published {
+            version,
+            devices_changed: changed,
             ..Published::default()
         }
     }
@@ -960,6 +1009,7 @@ mod tests {
             plan: plan.into(),
             auth: AppAuth::Public,
             monthly_user_limit: 0,
+            client_auth: Default::default(),
         }
     }
 

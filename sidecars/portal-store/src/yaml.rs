@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use edgeguard_verdict::device::ClientAuth;
 use edgeguard_verdict::portal::{key_digest, AppAuth, KeyDigest, PortalApp};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -57,6 +58,9 @@ struct AppEntry {
     secret_key_required: Option<bool>,
     #[serde(default)]
     public: Option<bool>,
+    /// `key` (default), `certificate` or `either`.
+    #[serde(default)]
+    client_auth: Option<String>,
 }
 
 /// The largest portal apps file accepted (64 MiB: about 500,000 apps), refused before it is
@@ -259,13 +263,26 @@ pub fn parse_yaml(text: &str, path: &Path) -> Result<YamlData, YamlError> {
                 ),
             ));
         }
+        let client_auth = match e.client_auth.as_deref() {
+            None => ClientAuth::Key,
+            Some(m) => ClientAuth::parse(m).ok_or_else(|| {
+                YamlError::invalid(
+                    path,
+                    format!(
+                        "{}: client_auth must be key, certificate or either, not {m:?}",
+                        at()
+                    ),
+                )
+            })?,
+        };
         // public only when said so: an entry with no key and no statement may have lost
-        // its key line
+        // its key line (an app that takes certificates only needs neither)
         let required = match (e.secret_key_required, e.public, key_given) {
             (Some(r), _, _) => r,
             (None, _, true) => true,
             (None, Some(true), false) => false,
             (None, Some(false), false) => true,
+            (None, None, false) if client_auth == ClientAuth::Certificate => true,
             (None, None, false) => {
                 return Err(YamlError::invalid(
                     path,
@@ -282,7 +299,9 @@ pub fn parse_yaml(text: &str, path: &Path) -> Result<YamlData, YamlError> {
             (false, _) => AppAuth::Public,
             (true, Some(digest)) => AppAuth::ApiKey { digest },
             (true, None) => {
-                missing_keys.push(e.id.clone());
+                if client_auth != ClientAuth::Certificate {
+                    missing_keys.push(e.id.clone());
+                }
                 AppAuth::MissingKey
             }
         };
@@ -293,6 +312,7 @@ pub fn parse_yaml(text: &str, path: &Path) -> Result<YamlData, YamlError> {
                 plan,
                 auth,
                 monthly_user_limit: limit,
+                client_auth,
             },
         );
     }
@@ -312,6 +332,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<YamlData, String> {
         parse_yaml(text, Path::new("apps.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn client_auth_modes() {
+        let d = parse(
+            "accounts: [{id: acc1, plan: PLAN_FREE}]\n\
+             apps:\n\
+             - {id: cert, account: acc1, client_auth: certificate}\n\
+             - {id: either, account: acc1, secret_key: k, client_auth: either}\n\
+             - {id: plain, account: acc1, secret_key: k}\n...",
+        )
+        .unwrap();
+        assert_eq!(d.apps["cert"].client_auth, ClientAuth::Certificate);
+        assert_eq!(d.apps["cert"].auth, AppAuth::MissingKey, "no key opens it");
+        assert!(d.missing_keys.is_empty(), "{:?}", d.missing_keys);
+        assert_eq!(d.apps["either"].client_auth, ClientAuth::Either);
+        assert_eq!(d.apps["plain"].client_auth, ClientAuth::Key);
+        let e = parse("apps: [{id: a, public: true, client_auth: Cert}]\n...").unwrap_err();
+        assert!(
+            e.contains("client_auth must be key, certificate or either"),
+            "{e}"
+        );
+        // an either/key app still needs its key or an explicit public
+        let e = parse("apps: [{id: a, client_auth: either}]\n...").unwrap_err();
+        assert!(e.contains("incomplete entry"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn a_million_apps() {
                 } else {
                     0
                 },
+                client_auth: Default::default(),
             },
         );
     }

@@ -221,6 +221,7 @@ fn status_of(s: &edgeguard_portal_store::Snapshot, app: &str) -> u16 {
         Some((path.as_str(), &NoHeaders)),
         s,
         CheckOptions::default(),
+        &|| None,
     ) {
         Ok(_) => 200,
         Err(d) => d.http_status(),

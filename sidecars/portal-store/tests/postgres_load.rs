@@ -155,6 +155,7 @@ async fn usage_table_and_rate_limit_summary() {
         Some(("/v1/app_pub", &NoHeaders)),
         &*snap,
         CheckOptions::default(),
+        &|| None,
     )
     .unwrap_err();
     assert_eq!(d.http_status(), 429);
@@ -162,7 +163,8 @@ async fn usage_table_and_rate_limit_summary() {
     assert!(check(
         Some(("/v1/app_neg", &NoHeaders)),
         &*snap,
-        CheckOptions::default()
+        CheckOptions::default(),
+        &|| None
     )
     .is_ok());
 

@@ -42,6 +42,7 @@ fn status(store: &Store, app: &str) -> u16 {
         Some((&path, &NoHeaders)),
         &*store.snapshot(),
         CheckOptions::default(),
+        &|| None,
     ) {
         Ok(_) => 200,
         Err(d) => d.http_status(),

@@ -244,6 +244,7 @@ async fn the_demo_file() {
             CheckOptions {
                 rate_limit_headers: true,
             },
+            &|| None,
         )
         .map(|a| a.headers)
         .map_err(|d| d.http_status())
@@ -371,6 +372,7 @@ fn allowed(view: &dyn PortalView, requests: &[(&str, Option<String>)]) -> Vec<bo
                 Some((path.as_str(), &Auth(key.as_deref()))),
                 view,
                 CheckOptions::default(),
+                &|| None,
             )
             .is_ok()
         })
@@ -702,7 +704,13 @@ async fn metered_relays_add_to_the_file_usage_and_survive_reloads() {
             None
         }
     }
-    let d = check(Some(("/v1/a1", &NoHeaders)), &*a1, CheckOptions::default()).unwrap_err();
+    let d = check(
+        Some(("/v1/a1", &NoHeaders)),
+        &*a1,
+        CheckOptions::default(),
+        &|| None,
+    )
+    .unwrap_err();
     assert_eq!(d.http_status(), 429);
 
     // from several threads at once, concurrently with file reloads: nothing is lost
