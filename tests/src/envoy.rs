@@ -143,6 +143,9 @@ pub struct DownstreamTls {
     pub server_key: std::path::PathBuf,
     pub client_ca: std::path::PathBuf,
     pub require_client_certificate: bool,
+    /// `allow_expired_certificate`: the handshake accepts an expired client certificate (a
+    /// loosely configured listener; the verdict must still refuse it).
+    pub allow_expired: bool,
 }
 
 impl DownstreamTls {
@@ -160,7 +163,8 @@ impl DownstreamTls {
                         "private_key": {"filename": self.server_key.to_string_lossy()}
                     }],
                     "validation_context": {
-                        "trusted_ca": {"filename": self.client_ca.to_string_lossy()}
+                        "trusted_ca": {"filename": self.client_ca.to_string_lossy()},
+                        "allow_expired_certificate": self.allow_expired
                     }
                 }
             }
@@ -238,7 +242,16 @@ impl EnvoyConfig {
             server_key: server_key.to_path_buf(),
             client_ca: client_ca.to_path_buf(),
             require_client_certificate,
+            allow_expired: false,
         });
+        self
+    }
+
+    /// With [`EnvoyConfig::with_tls`]: the handshake accepts expired client certificates.
+    pub fn allowing_expired_client_certificates(mut self) -> EnvoyConfig {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.allow_expired = true;
+        }
         self
     }
 

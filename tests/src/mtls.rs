@@ -94,6 +94,49 @@ pub fn client_cert(dir: &Path, ca: &TestCa, name: &str, cn: &str, uri: Option<&s
     }
 }
 
+/// A client certificate signed by `ca` that expired long ago (valid 2020-01-01 to
+/// 2020-01-02), made with `openssl ca` (`openssl x509` cannot back-date).
+pub fn expired_client_cert(dir: &Path, ca: &TestCa, name: &str) -> CertKey {
+    let d = TestDevice::new(dir, name, name);
+    let db = dir.join(format!("{name}-ca-db"));
+    std::fs::create_dir_all(&db).expect("openssl ca folder");
+    std::fs::write(db.join("index.txt"), "").expect("openssl ca index");
+    let config = format!(
+        "[ca]\ndefault_ca = own\n[own]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\n\
+         certificate = {cert}\nprivate_key = {key}\ndefault_md = sha256\npolicy = any\n\
+         unique_subject = no\nrand_serial = yes\n[any]\ncommonName = supplied\n\
+         [ext]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = clientAuth\n",
+        db = db.display(),
+        cert = ca.cert.display(),
+        key = ca.key.display(),
+    );
+    let cnf = db.join("ca.cnf");
+    std::fs::write(&cnf, config).expect("openssl ca config");
+    run(
+        "openssl ca (expired certificate)",
+        Command::new("openssl")
+            .args(["ca", "-batch", "-notext", "-config"])
+            .arg(&cnf)
+            .args([
+                "-extensions",
+                "ext",
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200102000000Z",
+                "-in",
+            ])
+            .arg(&d.csr)
+            .arg("-out")
+            .arg(&d.cert),
+    );
+    CertKey {
+        cert: d.cert,
+        key: d.key,
+    }
+}
+
 /// A fleet for the tests: the CA, the server certificate Envoy presents, and a second,
 /// untrusted CA, all in `dir`.
 pub struct Pki {

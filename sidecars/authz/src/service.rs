@@ -268,6 +268,8 @@ impl AuthzService {
                     )
                 }
                 Err(d) => {
+                    // the verdict and, for a refused certificate, why (no client input)
+                    tracing::debug!(denial = %d, error_type = d.error_type(), "check denied");
                     let rl = match &d {
                         Denial::RateLimited { account_id, .. } => {
                             let plan = view

@@ -154,6 +154,12 @@ pub struct EnrollArgs {
     #[arg(long, env = "EDGEGUARD_DEVICE_EXPIRY_WARNING", default_value = "7d", value_parser = duration)]
     pub device_expiry_warning: Duration,
 
+    /// A device counts as seen (`edgeguard_enroll_devices_seen`, `GET
+    /// /admin/v1/devices?seen=true`) when its last allowed request through edgeguard (its
+    /// heartbeat, from the usage reports) is at most this old.
+    #[arg(long, env = "EDGEGUARD_DEVICE_SEEN_WINDOW", default_value = "15m", value_parser = duration)]
+    pub device_seen_window: Duration,
+
     /// How often the expiry scanner walks the registry.
     #[arg(long, env = "EDGEGUARD_DEVICE_EXPIRY_SCAN_INTERVAL", default_value = "5m", value_parser = duration)]
     pub device_expiry_scan_interval: Duration,

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub devices: IntGaugeVec,
     pub ca_not_after: IntGauge,
     pub expiring: IntGauge,
+    pub seen: IntGauge,
 }
 
 impl Metrics {
@@ -60,6 +61,10 @@ impl Metrics {
                 "edgeguard_enroll_devices_expiring",
                 "Active devices whose certificate expires within EDGEGUARD_DEVICE_EXPIRY_WARNING (last expiry scan)",
             )?,
+            seen: IntGauge::new(
+                "edgeguard_enroll_devices_seen",
+                "Active devices that made an allowed request within EDGEGUARD_DEVICE_SEEN_WINDOW (heartbeats from the usage reports), counted at scrape",
+            )?,
             ca_not_after: IntGauge::new("edgeguard_enroll_ca_not_after_seconds", "Expiry of the fleet CA certificate (Unix seconds)")?,
             registry: Registry::new(),
         };
@@ -70,6 +75,7 @@ impl Metrics {
         m.registry.register(Box::new(m.devices.clone()))?;
         m.registry.register(Box::new(m.ca_not_after.clone()))?;
         m.registry.register(Box::new(m.expiring.clone()))?;
+        m.registry.register(Box::new(m.seen.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -105,6 +111,7 @@ impl Metrics {
         ] {
             self.devices.with_label_values(&[s.as_str()]).set(n);
         }
+        self.seen.set(c.seen);
     }
 
     pub fn render(&self) -> String {

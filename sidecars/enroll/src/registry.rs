@@ -104,6 +104,8 @@ pub struct DeviceCounts {
     pub active: i64,
     pub expired: i64,
     pub revoked: i64,
+    /// Active devices with a heartbeat (`last_seen_at`) at or after the `seen_since` asked for.
+    pub seen: i64,
 }
 
 /// What a valid token entitles to: the device id to certify (new, or the re-keyed one).
@@ -241,10 +243,10 @@ impl Registry {
         }
     }
 
-    pub async fn counts(&self, now: i64) -> Result<DeviceCounts, StoreError> {
+    pub async fn counts(&self, now: i64, seen_since: i64) -> Result<DeviceCounts, StoreError> {
         match self {
-            Registry::Postgres(r) => r.counts(now).await,
-            Registry::File(r) => Ok(r.counts(now).await),
+            Registry::Postgres(r) => r.counts(now, seen_since).await,
+            Registry::File(r) => Ok(r.counts(now, seen_since).await),
         }
     }
 

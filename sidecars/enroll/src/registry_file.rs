@@ -338,12 +338,17 @@ impl FileRegistry {
             .collect()
     }
 
-    pub async fn counts(&self, now: i64) -> DeviceCounts {
+    pub async fn counts(&self, now: i64, seen_since: i64) -> DeviceCounts {
         let st = self.state.lock().await;
         let mut c = DeviceCounts::default();
         for d in &st.devices {
             match d.state(now) {
-                DeviceState::Active => c.active += 1,
+                DeviceState::Active => {
+                    c.active += 1;
+                    if d.last_seen_at.is_some_and(|t| t >= seen_since) {
+                        c.seen += 1;
+                    }
+                }
                 DeviceState::Expired => c.expired += 1,
                 DeviceState::Revoked => c.revoked += 1,
             }

@@ -329,20 +329,24 @@ impl PgRegistry {
             .map_err(StoreError::from)
     }
 
-    pub async fn counts(&self, now: i64) -> Result<DeviceCounts, StoreError> {
+    pub async fn counts(&self, now: i64, seen_since: i64) -> Result<DeviceCounts, StoreError> {
         let row = sqlx::query(
             "SELECT count(*) FILTER (WHERE revoked_at IS NULL AND not_after > to_timestamp($1)), \
                     count(*) FILTER (WHERE revoked_at IS NULL AND not_after <= to_timestamp($1)), \
-                    count(*) FILTER (WHERE revoked_at IS NOT NULL) \
+                    count(*) FILTER (WHERE revoked_at IS NOT NULL), \
+                    count(*) FILTER (WHERE revoked_at IS NULL AND not_after > to_timestamp($1) \
+                                     AND last_seen_at >= to_timestamp($2)) \
              FROM edgeguard_devices",
         )
         .bind(now as f64)
+        .bind(seen_since as f64)
         .fetch_one(&self.pool)
         .await?;
         Ok(DeviceCounts {
             active: row.try_get(0)?,
             expired: row.try_get(1)?,
             revoked: row.try_get(2)?,
+            seen: row.try_get(3)?,
         })
     }
 }

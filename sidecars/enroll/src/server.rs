@@ -80,6 +80,8 @@ pub struct App {
     pub default_token_ttl: i64,
     /// Seconds before a certificate's end from which a device counts as expiring.
     pub expiry_warning: i64,
+    /// Seconds a heartbeat counts a device as seen.
+    pub seen_window: i64,
 }
 
 const JSON_TYPE: &str = "application/json";
@@ -365,6 +367,9 @@ struct DeviceFilter {
     /// Only active devices whose certificate expires within the expiry warning window.
     #[serde(default)]
     expiring: bool,
+    /// Only devices seen (a heartbeat) within EDGEGUARD_DEVICE_SEEN_WINDOW.
+    #[serde(default)]
+    seen: bool,
 }
 
 async fn list_devices(
@@ -381,6 +386,11 @@ async fn list_devices(
             let devices: Vec<Json> = list
                 .iter()
                 .filter(|d| !q.expiring || expiring(d, t, app.expiry_warning))
+                .filter(|d| {
+                    !q.seen
+                        || d.last_seen_at
+                            .is_some_and(|s| s >= t.saturating_sub(app.seen_window))
+                })
                 .map(device_json)
                 .collect();
             respond(200, json!({ "devices": devices }).to_string(), Vec::new())
@@ -435,6 +445,50 @@ async fn revoke(
         }
         Err(e) => device_error(e),
     }
+}
+
+/// Revokes every device of an account (each durably, one after the other; a retry finishes
+/// what a failure left): the account's devices are refused by every Envoy within the store's
+/// propagation time.
+async fn revoke_account(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    UrlPath(account_id): UrlPath<String>,
+) -> Response {
+    if let Some(r) = app.admin_refusal(&headers) {
+        return r;
+    }
+    let devices = match app.registry.devices(Some(&account_id)).await {
+        Ok(d) => d,
+        Err(e) => return store_failure(&e),
+    };
+    let at = now();
+    let mut revoked = Vec::new();
+    let mut already = 0usize;
+    for d in devices {
+        if d.revoked_at.is_some() {
+            already += 1;
+            continue;
+        }
+        match app.registry.revoke(&d.id, at).await {
+            Ok(done) => {
+                app.metrics
+                    .revocations
+                    .with_label_values(&["revoked"])
+                    .inc();
+                info!(device_id = %done.id, account_id = %done.account_id, fingerprint_sha256 = %done.fingerprint_sha256, "device revoked (account revoked)");
+                revoked.push(done.id);
+            }
+            Err(e) => return device_error(e),
+        }
+    }
+    info!(account_id = %account_id, revoked = revoked.len(), already_revoked = already, "account's devices revoked");
+    respond(
+        200,
+        json!({"account_id": account_id, "revoked": revoked, "already_revoked": already})
+            .to_string(),
+        Vec::new(),
+    )
 }
 
 async fn rekey(
@@ -629,7 +683,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), app.registry.counts(now())).await {
+    let t = now();
+    let counts = app.registry.counts(t, t.saturating_sub(app.seen_window));
+    match tokio::time::timeout(Duration::from_secs(2), counts).await {
         Ok(Ok(c)) => app.metrics.set_devices(c),
         Ok(Err(e)) => warn!(error = %e, "cannot count devices for /metrics"),
         Err(_) => warn!("counting devices for /metrics timed out"),
@@ -645,7 +701,7 @@ async fn not_found() -> Response {
     refusal(
         404,
         "not_found",
-        "POST /enroll/v1; admin: POST /admin/v1/enrollment-tokens, GET /admin/v1/devices[/{id}], POST /admin/v1/devices/{id}/revoke, POST /admin/v1/devices/{id}/rekey, GET /admin/v1/revoked-certificates; /healthz, /readyz, /metrics",
+        "POST /enroll/v1; admin: POST /admin/v1/enrollment-tokens, GET /admin/v1/devices[/{id}], POST /admin/v1/devices/{id}/revoke, POST /admin/v1/devices/{id}/rekey, POST /admin/v1/accounts/{id}/revoke, GET /admin/v1/revoked-certificates; /healthz, /readyz, /metrics",
     )
 }
 
@@ -657,6 +713,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/admin/v1/devices/{id}", get(get_device))
         .route("/admin/v1/devices/{id}/revoke", post(revoke))
         .route("/admin/v1/devices/{id}/rekey", post(rekey))
+        .route("/admin/v1/accounts/{id}/revoke", post(revoke_account))
         .route("/admin/v1/revoked-certificates", get(revoked_certificates))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     axum::Router::new()
@@ -774,6 +831,7 @@ pub async fn run(args: EnrollArgs) -> Result<(), EnrollError> {
         metrics,
         default_token_ttl: token_ttl,
         expiry_warning: i64::try_from(args.device_expiry_warning.as_secs()).unwrap_or(i64::MAX),
+        seen_window: i64::try_from(args.device_seen_window.as_secs()).unwrap_or(i64::MAX),
     });
     tokio::spawn(scan_expiry(
         app.clone(),
