@@ -13,7 +13,11 @@
 #   Envoy          127.0.0.1:10004 (/v1/shape for gatekeeper tokens: jwt-shape's remote_jwks is the
 #                  gatekeeper's JWKS; /gatekeeper/ and /.well-known/ proxied to the gatekeeper)
 #   edgeguard enroll 127.0.0.1:10005 (device enrollment: CSR + one-time token → a certificate
-#                  from a demo fleet CA made in $RUN_DIR; DB-less registry $RUN_DIR/devices.yaml)
+#                  from a demo fleet CA made in $RUN_DIR; DB-less registry $RUN_DIR/devices.yaml,
+#                  which edgeguard authz watches too: devices reach every filter through the store)
+#   Envoy          127.0.0.1:10443 (mutual TLS, client certificates of the fleet CA required:
+#                  /v1/<app> as a device through portal-auth; /gatekeeper/ with the certificate
+#                  forwarded in x-forwarded-client-cert, so the gatekeeper mints bound tokens)
 # Every port can be overridden with the environment (EDGEGUARD_DEMO_*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +37,7 @@ GATEKEEPER_SHAPE_PORT=${EDGEGUARD_DEMO_GATEKEEPER_SHAPE_PORT:-10004}
 GATEKEEPER_POLICY=${EDGEGUARD_DEMO_GATEKEEPER_POLICY:-$ROOT/envoy/demo/gatekeeper-policy.yaml}
 GATEKEEPER_TOKEN_TTL=${EDGEGUARD_DEMO_GATEKEEPER_TOKEN_TTL:-1h}
 ENROLL_PORT=${EDGEGUARD_DEMO_ENROLL_PORT:-10005}
+DEVICE_PORT=${EDGEGUARD_DEMO_DEVICE_PORT:-10443}
 # what plays Electric behind /v1/shape: the echo (default), or a real Electric on this port
 ELECTRIC_PORT=${EDGEGUARD_DEMO_ELECTRIC_PORT:-$ECHO_PORT}
 FREE_PLAN_BURST=${EDGEGUARD_DEMO_FREE_PLAN_BURST:-5}
@@ -58,6 +63,24 @@ for f in "$ENVOY" "$BIN" "${FILTER_FILES[@]}" "$APPS_FILE" "$GATEKEEPER_POLICY";
   [ -e "$f" ] || { echo "missing $f: run 'make run' (it installs and builds everything)"; exit 1; }
 done
 mkdir -p "$RUN_DIR"
+# a demo fleet CA (made once per run folder): edgeguard enroll signs device certificates with
+# it, Envoy's device listener requires client certificates chaining to it and presents a
+# server certificate it signed for 127.0.0.1
+if [ ! -s "$RUN_DIR/fleet-ca.pem" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+    -subj "/CN=edgeguard demo fleet CA" -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$RUN_DIR/fleet-ca.key" -out "$RUN_DIR/fleet-ca.pem" 2>/dev/null
+  rm -f "$RUN_DIR/envoy-server.pem"
+fi
+if [ ! -s "$RUN_DIR/envoy-server.pem" ]; then
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$RUN_DIR/envoy-server.key" -out "$RUN_DIR/envoy-server.csr" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$RUN_DIR/envoy-server.ext"
+  openssl x509 -req -days 365 -sha256 -in "$RUN_DIR/envoy-server.csr" -CA "$RUN_DIR/fleet-ca.pem" \
+    -CAkey "$RUN_DIR/fleet-ca.key" -CAcreateserial -extfile "$RUN_DIR/envoy-server.ext" \
+    -out "$RUN_DIR/envoy-server.pem" 2>/dev/null
+fi
 
 pids=()
 cleanup() {
@@ -74,6 +97,7 @@ python3 envoy/render.py envoy/demo/envoy.yaml \
   AUTHZ_PORT="$AUTHZ_PORT" AUTHZ_HTTP_PORT="$AUTHZ_HTTP_PORT" WASM_DIR="$WASM_DIR" \
   FREE_PLAN_BURST="$FREE_PLAN_BURST" FLAVOUR="$FLAVOUR" CORS_ORIGIN_REGEX="$CORS_ORIGIN_REGEX" \
   GATEKEEPER_PORT="$GATEKEEPER_PORT" GATEKEEPER_SHAPE_PORT="$GATEKEEPER_SHAPE_PORT" \
+  DEVICE_PORT="$DEVICE_PORT" RUN_DIR="$RUN_DIR" \
   JWT_SHAPE_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape.json \
   JWT_SHAPE_GATEKEEPER_FILTER=@filter:jwt_shape:envoy/demo/jwt-shape-gatekeeper.json \
   PORTAL_AUTH_FILTER=@filter:portal_auth:envoy/demo/portal-auth.json:EDGEGUARD_STORE_TOKEN \
@@ -81,25 +105,21 @@ python3 envoy/render.py envoy/demo/envoy.yaml \
 
 "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
 pids+=($!)
-PORTAL_APPS_FILE="$APPS_FILE" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
+PORTAL_APPS_FILE="$APPS_FILE" EDGEGUARD_DEVICES_FILE="$RUN_DIR/devices.yaml" PORT="$AUTHZ_PORT" METRICS_PORT="$AUTHZ_HTTP_PORT" LISTEN_ADDRESS=127.0.0.1 \
   RATE_LIMIT_HEADERS=true EDGEGUARD_METERING=true EDGEGUARD_METERING_FLUSH_INTERVAL=250ms EDGEGUARD_QUOTA_HEADERS=all LOG_FORMAT=text "$BIN" authz > "$RUN_DIR/authz.log" 2>&1 &
 pids+=($!)
 # the gatekeeper, in development mode (everyone is demo-user) — never in production; its key
 # directory lives in this run's folder (the first key is written at start and signs at once);
 # a rotated key is published 2 minutes before it signs (jwt-shape refreshes this JWKS every 60 s)
+# a caller that comes with a client certificate (the device listener forwards it in XFCC) gets
+# a token bound to it (RFC 8705 cnf.x5t#S256); others get bearer tokens
 EDGEGUARD_GATEKEEPER_DEV_ALLOW_ANYONE=true EDGEGUARD_GATEKEEPER_DEV_CLAIMS='{"sub":"demo-user"}' \
+  EDGEGUARD_GATEKEEPER_BIND_TOKENS=when-presented \
   "$BIN" gatekeeper --listen "127.0.0.1:$GATEKEEPER_PORT" --policy "$GATEKEEPER_POLICY" \
   --key-dir "$RUN_DIR/gatekeeper-keys" --publish-delay 2m --token-ttl "$GATEKEEPER_TOKEN_TTL" --issuer edgeguard-gatekeeper-demo --audience electric \
   --shape-url "http://127.0.0.1:$GATEKEEPER_SHAPE_PORT/v1/shape" --public-url "http://127.0.0.1:$GATEKEEPER_PORT" \
   --log-format text > "$RUN_DIR/gatekeeper.log" 2>&1 &
 pids+=($!)
-# the device enrollment service with a demo fleet CA (made here, once per run folder)
-if [ ! -s "$RUN_DIR/fleet-ca.pem" ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
-    -subj "/CN=edgeguard demo fleet CA" -addext basicConstraints=critical,CA:TRUE \
-    -addext keyUsage=critical,keyCertSign,cRLSign \
-    -keyout "$RUN_DIR/fleet-ca.key" -out "$RUN_DIR/fleet-ca.pem" 2>/dev/null
-fi
 EDGEGUARD_ENROLL_LISTEN="127.0.0.1:$ENROLL_PORT" EDGEGUARD_ENROLL_ADMIN_TOKEN="$ENROLL_ADMIN_TOKEN" \
   EDGEGUARD_CA_CERT="$RUN_DIR/fleet-ca.pem" EDGEGUARD_CA_KEY="$RUN_DIR/fleet-ca.key" \
   EDGEGUARD_TRUST_DOMAIN=demo.edgeguard EDGEGUARD_DEVICES_FILE="$RUN_DIR/devices.yaml" \
@@ -189,10 +209,17 @@ edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=my-kiosk -keyout $RUN_DIR/device.key -out $RUN_DIR/device.csr
   curl -sf -H "Authorization: Bearer <the token above>" -H 'Content-Type: application/pkcs10' --data-binary @$RUN_DIR/device.csr -o $RUN_DIR/device.pem 'http://127.0.0.1:$ENROLL_PORT/enroll/v1'
   openssl verify -CAfile $RUN_DIR/fleet-ca.pem $RUN_DIR/device.pem
-  # the fleet as the registry holds it ($RUN_DIR/devices.yaml): revoke with POST .../devices/<id>/revoke
+  # the fleet as the registry holds it ($RUN_DIR/devices.yaml; last_seen_at: its heartbeat)
   curl -s -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/devices'
-  # (calling through Envoy with the device certificate — mTLS, device verdicts — comes with the
-  #  next slices of device identity; see README "edgeguard enroll")
+  # call as the device over mutual TLS (demo_device takes device certificates of acct_team only):
+  # 200, with Portal-Device-ID / Portal-Account-ID stamped for the upstream
+  curl -s --cacert $RUN_DIR/fleet-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
+  # without a certificate the TLS handshake is refused (curl: exit 56)
+  curl -s --cacert $RUN_DIR/fleet-ca.pem 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
+  # the gatekeeper, reached with the certificate: its token is bound to it (cnf.x5t#S256, RFC 8705)
+  curl -s --cacert $RUN_DIR/fleet-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key -X POST 'https://127.0.0.1:$DEVICE_PORT/gatekeeper/items'
+  # revoke the device (id from the list above): the same call as the device gets 401 within 2 s
+  curl -s -X POST -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/devices/<device id>/revoke'
 
   # mint other tokens:  $BIN token --table todos --where 'owner = \$1' --params 1=alice --columns id,title
   # metrics:            curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep edgeguard

@@ -21,6 +21,7 @@ pub struct Ports {
     pub gatekeeper: u16,
     pub gatekeeper_shape: u16,
     pub enroll: u16,
+    pub devices: u16,
 }
 
 /// A running demo.
@@ -34,11 +35,16 @@ pub struct Demo {
 }
 
 impl Demo {
+    /// The demo's run folder (`EDGEGUARD_DEMO_DIR`: its logs, CA, device files).
+    pub fn run_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Runs the script with the filters of `flavour` and `env` added to its environment;
     /// waits (at most 90 s) for its `ready` line.
     pub fn start(flavour: Flavour, env: &[(&str, String)]) -> Demo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p: Vec<u16> = (0..9).map(|_| free_port()).collect();
+        let p: Vec<u16> = (0..10).map(|_| free_port()).collect();
         let ports = Ports {
             port: p[0],
             ext: p[1],
@@ -49,6 +55,7 @@ impl Demo {
             gatekeeper: p[6],
             gatekeeper_shape: p[7],
             enroll: p[8],
+            devices: p[9],
         };
         let mut cmd = Command::new(tools::root().join("envoy/demo/run.sh"));
         cmd.env("EDGEGUARD_BIN", tools::edgeguard())
@@ -71,6 +78,7 @@ impl Demo {
                 ports.gatekeeper_shape.to_string(),
             )
             .env("EDGEGUARD_DEMO_ENROLL_PORT", ports.enroll.to_string())
+            .env("EDGEGUARD_DEMO_DEVICE_PORT", ports.devices.to_string())
             .env("EDGEGUARD_DEMO_DIR", dir.path())
             .env("EDGEGUARD_FLAVOUR", flavour.name())
             .env("EDGEGUARD_NATIVE_DIR", tools::native_dir())

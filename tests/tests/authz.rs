@@ -725,7 +725,7 @@ fn the_store_feed_requires_the_bearer_token() {
     assert_eq!(full.status, 200, "{}", full.body);
     assert_eq!(
         full.header("content-type"),
-        Some("application/x-edgeguard-portal-update;v=2")
+        Some(edgeguard_verdict::portal_wire::CONTENT_TYPE)
     );
     assert!(full.body.contains("app_keyed"));
     // the scheme is case-insensitive (RFC 7235); nothing changed since the current version

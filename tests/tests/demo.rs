@@ -41,8 +41,8 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
         .collect();
     assert_eq!(
         commands.len(),
-        20,
-        "expected twenty commands in:\n{}",
+        24,
+        "expected twenty-four commands in:\n{}",
         lines.join("\n")
     );
 
@@ -265,6 +265,56 @@ fn make_run_prints_working_curl_lines(flavour: Flavour) {
     assert!(
         run(&enroll).ends_with("\n403"),
         "a used-up token is refused"
+    );
+
+    // the device calls through Envoy's mutual-TLS listener: its certificate maps (through the
+    // store, fed from enroll's registry file) to the device, its account and the app
+    let device_id = devices
+        .split('"')
+        .find(|s| s.starts_with("dev_"))
+        .unwrap_or_default()
+        .to_string();
+    let mut as_device = String::new();
+    edgeguard_tests::process::eventually(
+        "the enrolled device is let through",
+        Duration::from_secs(10),
+        || {
+            as_device = run(&commands[20]);
+            as_device.ends_with("\n200")
+        },
+    );
+    assert!(
+        as_device.contains(&format!("\"portal-device-id\":[\"{device_id}\"]"))
+            && as_device.contains("\"portal-account-id\":[\"acct_team\"]"),
+        "{as_device}"
+    );
+    assert!(
+        run(&commands[21]).ends_with("\n000"),
+        "no client certificate: the handshake is refused"
+    );
+    let bound = run(&commands[22]);
+    assert!(bound.ends_with("\n200"), "{bound}");
+    let answer: serde_json::Value =
+        serde_json::from_str(bound.trim_end_matches("200").trim()).unwrap();
+    let jwt = answer["headers"]["Authorization"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("Bearer ")
+        .to_string();
+    let claims = edgeguard_tests::keys::claims_of(&jwt);
+    let thumbprint = edgeguard_tests::mtls::CertKey {
+        cert: demo.run_dir().join("device.pem"),
+        key: demo.run_dir().join("device.key"),
+    }
+    .x5t_s256();
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint.as_str(), "{claims}");
+    // revoked: refused on the device listener within 2 s
+    let revoke = commands[23].replace("<device id>", &device_id);
+    assert!(run(&revoke).ends_with("\n200"), "{revoke}");
+    edgeguard_tests::process::eventually(
+        "the revoked device is refused",
+        Duration::from_secs(2),
+        || run(&commands[20]).ends_with("\n401"),
     );
 
     // the gatekeeper's routes on Envoy's listener (one origin for a browser)

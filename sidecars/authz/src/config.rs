@@ -172,6 +172,16 @@ pub struct AuthzArgs {
     #[arg(long, env = "RATE_LIMIT_HEADERS", default_value_t = false)]
     pub rate_limit_headers: bool,
 
+    /// DB-less device certificates: the registry file `edgeguard enroll` keeps (give both the
+    /// same path). Watched; a revocation there reaches every Envoy like any store change. With
+    /// Postgres, devices come from `edgeguard_devices` instead.
+    #[arg(
+        long,
+        env = "EDGEGUARD_DEVICES_FILE",
+        conflicts_with = "postgres_connection_string"
+    )]
+    pub devices_file: Option<PathBuf>,
+
     /// Last-good snapshot file: written after every successful load, served when Postgres is
     /// down at start.
     #[arg(long, env = "PORTAL_APP_SNAPSHOT_FILE")]

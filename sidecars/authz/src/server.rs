@@ -523,6 +523,7 @@ pub async fn run(args: AuthzArgs) -> Result<(), AuthzError> {
             app_refresh: args.portal_app_store_refresh_interval,
             usage_refresh: args.rate_limit_store_refresh_interval,
             snapshot_file: args.snapshot_file.clone(),
+            devices_file: args.devices_file.clone(),
         },
         store::StoreOptions {
             usage_poll,

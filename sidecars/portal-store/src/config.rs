@@ -42,6 +42,9 @@ pub struct StoreConfig {
     /// Last-good snapshot file: written (atomically) after each full load that changed the
     /// data, served when the source cannot be read at start.
     pub snapshot_file: Option<PathBuf>,
+    /// DB-less device certificates: `edgeguard enroll`'s registry file, watched
+    /// (`EDGEGUARD_DEVICES_FILE`). With Postgres, devices come from `edgeguard_devices`.
+    pub devices_file: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -52,6 +55,7 @@ impl StoreConfig {
             app_refresh: DEFAULT_APP_REFRESH,
             usage_refresh: DEFAULT_USAGE_REFRESH,
             snapshot_file: None,
+            devices_file: None,
         }
     }
 }

@@ -145,6 +145,11 @@
 //!     secret_key: demo-secret-key-0001   # or secret_key_sha256: <64 hex digits>
 //!   - id: app_locked
 //!     secret_key_required: true          # and no key: every request is denied (401)
+//!   - id: app_devices
+//!     account: acct_free
+//!     client_auth: certificate  # key (default) | certificate | either: devices of the
+//!                               # account (client certificates edgeguard enroll issued);
+//!                               # `certificate` needs no key line
 //! ...                          # the end marker: a complete file ends with this line
 //! ```
 //!
@@ -189,6 +194,7 @@ pub mod file;
 pub mod observer;
 pub mod pg;
 pub mod snapshot;
+mod source_devices;
 mod source_pg;
 mod source_yaml;
 mod store;

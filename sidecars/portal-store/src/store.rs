@@ -643,6 +643,11 @@ pub async fn start_with_options(
     let publisher = Publisher {
         shared: shared.clone(),
     };
+    if cfg.devices_file.is_some() && matches!(cfg.source, Source::Postgres { .. }) {
+        return Err(StoreError::InvalidConfig(
+            "a devices file is for the DB-less store: with Postgres, device certificates come from edgeguard_devices (migration 0005)".into(),
+        ));
+    }
     let (tasks, source_label) = match &cfg.source {
         Source::Postgres { url } => {
             let opts = parse_url(url)?;
@@ -655,10 +660,23 @@ pub async fn start_with_options(
         }
         Source::Yaml { path } => {
             tracing::info!(file = %path.display(), "portal app store starting (YAML file)");
-            (
-                crate::source_yaml::spawn(publisher, path.clone(), &cfg, &options),
-                path.display().to_string(),
-            )
+            let mut tasks = Vec::new();
+            if let Some(devices) = &cfg.devices_file {
+                tracing::info!(file = %devices.display(), "device certificates from the devices file");
+                tasks.push(crate::source_devices::spawn(
+                    Publisher {
+                        shared: shared.clone(),
+                    },
+                    devices.clone(),
+                ));
+            }
+            tasks.extend(crate::source_yaml::spawn(
+                publisher,
+                path.clone(),
+                &cfg,
+                &options,
+            ));
+            (tasks, path.display().to_string())
         }
     };
     Ok(Arc::new(Store {

@@ -239,7 +239,8 @@ async fn apps_without_usage_are_not_loaded() {
     pg.psql(&format!(
         "INSERT INTO account_monthly_usage (account_id, month, relays) VALUES ('acc_free', {THIS_MONTH}, 1500000);
          CREATE ROLE store_ro LOGIN;
-         GRANT SELECT ON accounts, portal_applications, portal_application_settings TO store_ro;"
+         GRANT SELECT ON accounts, portal_applications, portal_application_settings,
+           edgeguard_app_client_auth, edgeguard_devices, edgeguard_revoked_certificates TO store_ro;"
     ));
     let dir = tempfile::tempdir().unwrap();
     let ro_url = format!("postgres://store_ro@127.0.0.1:{}/edgeguard", pg.port());

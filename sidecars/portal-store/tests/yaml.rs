@@ -230,7 +230,7 @@ impl Headers for H {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_file() {
     let d = load_yaml(&demo_file()).unwrap();
-    assert_eq!(d.apps.len(), 6);
+    assert_eq!(d.apps.len(), 7);
     let store = start_with_options(cfg(&demo_file()), StoreOptions::default(), Recorder::new())
         .await
         .unwrap();
@@ -267,6 +267,15 @@ async fn the_demo_file() {
         Err(401)
     );
     assert_eq!(s.app("demo_locked").unwrap().auth, AppAuth::MissingKey);
+    // the device app: no certificate, no entry, whatever key
+    assert_eq!(verdict("/v1/demo_device", vec![]), Err(401));
+    assert_eq!(
+        verdict(
+            "/v1/demo_device",
+            vec![("authorization", "demo-secret-key-0001")]
+        ),
+        Err(401)
+    );
     let limited: Vec<String> = s
         .usage_summary()
         .into_iter()
