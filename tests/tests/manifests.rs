@@ -1071,10 +1071,30 @@ fn validate_bootstrap(what: &str, boot: &Value, env: &[(String, String)]) {
     );
 }
 
-/// The compose bootstrap with its module paths pointing at the built filters.
+/// What compose's `pki` service puts in its volume (the fleet CA, Envoy's server certificate
+/// and key), made here with the real `openssl` under the same file names, once per test binary.
+fn compose_pki() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let ca = edgeguard_tests::enroll::TestCa::make(&dir, "fleet-ca");
+        let server = edgeguard_tests::mtls::server_cert(&dir, &ca, "envoy-server");
+        for f in [&ca.cert, &server.cert, &server.key] {
+            assert!(f.starts_with(&dir) && f.exists(), "{}", f.display());
+        }
+        dir
+    })
+}
+
+/// The compose bootstrap with its module paths pointing at the built filters, and its TLS
+/// files at [`compose_pki`].
 fn compose_bootstrap_local_modules() -> Value {
     let mut boot = compose_bootstrap();
+    let pki = compose_pki();
     rewrite_strings(&mut boot, &|s| {
+        if let Some(f) = s.strip_prefix("/etc/envoy/pki/") {
+            return Some(pki.join(f).to_string_lossy().into_owned());
+        }
         s.strip_prefix("/etc/envoy/wasm/").map(|f| {
             tools::wasm(f.trim_end_matches(".wasm"))
                 .to_string_lossy()
@@ -1442,6 +1462,7 @@ fn compose_postgres_init_scripts_load_and_serve_the_demo_apps() {
             "0003_change_notify.sql",
             "0004_metering.sql",
             "0005_devices.sql",
+            "0006_client_auth.sql",
             "0100_demo_data.sql"
         ]
     );
@@ -1466,6 +1487,7 @@ fn compose_postgres_init_scripts_load_and_serve_the_demo_apps() {
     assert_eq!(
         apps.lines().collect::<Vec<_>>(),
         [
+            "app_device||t|acc_free|PLAN_FREE|0",
             "app_free|demo-key-free|t|acc_free|PLAN_FREE|0",
             "app_over|demo-key-over|t|acc_over|PLAN_FREE|0",
             "app_public||f|acc_open|PLAN_UNLIMITED|0",
