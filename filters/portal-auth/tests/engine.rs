@@ -306,3 +306,102 @@ fn quota_headers_all_go_on_the_response_of_allowed_requests() {
     assert!(d.response_headers.is_empty());
     assert_eq!(clock_reads.get(), 2);
 }
+
+/// A copy with a certificate-only app and an either app of `acc_dev`, a key app of it, and a
+/// device (certificate `[7; 32]`, valid until `NOW + 60`) of that account.
+fn device_copy() -> Copy {
+    use edgeguard_verdict::device::{ClientAuth, Device};
+    use edgeguard_verdict::portal_wire::DeviceChange;
+    let app = |client_auth: ClientAuth, key: Option<&str>| PortalApp {
+        account_id: "acc_dev".into(),
+        plan: "PLAN_FREE".into(),
+        auth: key.map_or(AppAuth::MissingKey, |k| AppAuth::ApiKey {
+            digest: key_digest(k),
+        }),
+        monthly_user_limit: 0,
+        client_auth,
+    };
+    let mut c = Copy::default();
+    c.apply(Update {
+        version: 1,
+        full: true,
+        apps: vec![
+            AppChange {
+                id: "cert".into(),
+                app: Some(app(ClientAuth::Certificate, None)),
+            },
+            AppChange {
+                id: "either".into(),
+                app: Some(app(ClientAuth::Either, Some("k"))),
+            },
+            AppChange {
+                id: "key".into(),
+                app: Some(app(ClientAuth::Key, Some("k"))),
+            },
+        ],
+        devices: vec![DeviceChange {
+            fingerprint: [7; 32],
+            device: Some(Device {
+                id: "dev_1".into(),
+                account_id: "acc_dev".into(),
+                not_after: NOW + 60,
+            }),
+        }],
+        parts: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    c
+}
+
+#[test]
+fn devices_are_stamped_metered_and_refused() {
+    let cfg = config(r#", "metering": {"enabled": true}"#);
+    let c = device_copy();
+    let meter = Meter::default();
+
+    // the device's certificate opens the certificate app: stamped, counted, seen
+    let h = host("/v1/cert", &[("portal-device-id", "forged")]).with_peer_certificate([7; 32]);
+    assert_eq!(decide_with(&cfg, &c, &h, &meter).outcome, Outcome::Allowed);
+    assert_eq!(h.header("portal-device-id").as_deref(), Some("dev_1"));
+    assert_eq!(h.header("portal-account-id").as_deref(), Some("acc_dev"));
+    let seen = meter.drain_seen(10);
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].device_id.as_str(), seen[0].last_seen), ("dev_1", NOW));
+    assert_eq!(meter.total(), 1);
+
+    // unknown certificate, none, a key: 401, the forged device header never reaches upstream
+    for h in [
+        host("/v1/cert", &[("portal-device-id", "forged")]).with_peer_certificate([8; 32]),
+        host("/v1/cert", &[("authorization", "k")]),
+    ] {
+        assert_eq!(decide_with(&cfg, &c, &h, &meter).outcome, Outcome::Denied);
+        assert_eq!(h.reply.borrow().as_ref().unwrap().status, 401);
+    }
+    assert!(meter.drain_seen(10).is_empty(), "refused devices are not seen");
+
+    // either: the key does it without a certificate (no device header)
+    let h = host("/v1/either", &[("authorization", "k")]);
+    assert_eq!(decide_with(&cfg, &c, &h, &meter).outcome, Outcome::Allowed);
+    assert_eq!(h.header("portal-device-id"), None);
+
+    // a key app never asks for the certificate (no host call on the hot path)
+    let h = host("/v1/key", &[("authorization", "k")]).with_peer_certificate([7; 32]);
+    assert_eq!(decide_with(&cfg, &c, &h, &meter).outcome, Outcome::Allowed);
+    assert_eq!(h.peer_certificate_reads.get(), 0);
+    assert_eq!(h.header("portal-device-id"), None);
+
+    // expired: once the clock passes the certificate's not_after
+    let h = host("/v1/cert", &[]).with_peer_certificate([7; 32]);
+    let cx = Context {
+        meter: &meter,
+        now: || NOW + 60,
+    };
+    assert_eq!(on_request(&cfg, &c, &h, &h, &cx).outcome, Outcome::Denied);
+    assert_eq!(h.reply.borrow().as_ref().unwrap().status, 401);
+    assert!(h
+        .logs
+        .borrow()
+        .iter()
+        .any(|(_, l)| l.contains("device certificate expired")));
+}
