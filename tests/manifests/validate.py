@@ -83,6 +83,7 @@ CRD_FILES = {
     "envoy-gateway-securitypolicies.yaml": "Envoy Gateway v1.9.0 CRD",
     "envoy-gateway-backendtrafficpolicies.yaml": "Envoy Gateway v1.9.0 CRD",
     "envoy-gateway-envoypatchpolicies.yaml": "Envoy Gateway v1.9.0 CRD",
+    "envoy-gateway-clienttrafficpolicies.yaml": "Envoy Gateway v1.9.0 CRD",
     # not in ../shared/schemas today; used when it appears there
     "envoy-gateway-envoyproxies.yaml": "Envoy Gateway v1.9.0 CRD",
 }
