@@ -457,4 +457,99 @@ fn devices_are_identified_refused_and_revoked(flavour: Flavour) {
     }
 }
 
+/// `edgeguard authz` called directly with grpcurl, as an Envoy would: the device's certificate
+/// as `attributes.source.certificate` (URL-encoded PEM, what `include_peer_certificate` sends),
+/// or as XFCC's `Hash` only where `EDGEGUARD_TRUST_XFCC=true`; garbage in either is no
+/// certificate (401), and the replica keeps answering.
+#[test]
+fn authz_reads_the_certificate_from_the_check_or_trusted_xfcc() {
+    use edgeguard_tests::authz::{verdict_headers, verdict_status};
+    let fleet = Fleet::start();
+    let url = fleet.pg.url();
+    let trusting = Authz::start(&[
+        ("POSTGRES_CONNECTION_STRING", url.as_str()),
+        ("EDGEGUARD_TRUST_XFCC", "true"),
+    ]);
+    assert!(
+        trusting.wait_ready(Duration::from_secs(20)),
+        "{}",
+        trusting.log()
+    );
+    let (a, a_id) = fleet.enroll_device("kiosk-a", ACCOUNT);
+    let fingerprint = edgeguard_tests::enroll::fingerprint_of(&a.cert);
+    let pem = std::fs::read_to_string(&a.cert).expect("device.pem");
+    let device_pem = &pem[..pem.find("-----END CERTIFICATE-----").expect("a PEM") + 25];
+    let encoded: String = url_encode(device_pem);
+    let with_certificate = |cert: &str| {
+        json!({"attributes": {
+            "source": {"certificate": cert},
+            "request": {"http": {"method": "GET", "path": "/v1/app_cert", "headers": {}}}
+        }})
+    };
+    for authz in [&fleet.authz, &trusting] {
+        eventually(
+            "the device reaches the store",
+            Duration::from_secs(10),
+            || verdict_status(&authz.check_request(&with_certificate(&encoded))) == 200,
+        );
+        let v = authz.check_request(&with_certificate(&encoded));
+        assert!(
+            verdict_headers(&v).contains(&("Portal-Device-ID".into(), a_id.clone())),
+            "{v}"
+        );
+        for garbage in [
+            "",
+            "not a pem",
+            "-----BEGIN CERTIFICATE-----%0A!!!%0A-----END CERTIFICATE-----",
+        ] {
+            assert_eq!(
+                verdict_status(&authz.check_request(&with_certificate(garbage))),
+                401,
+                "{garbage:?}"
+            );
+        }
+    }
+    // XFCC: only the replica told to trust it reads it
+    let xfcc =
+        format!("By=spiffe://x;Hash={fingerprint};URI=spiffe://{TRUST_DOMAIN}/device/{a_id}");
+    assert_eq!(
+        verdict_status(
+            &fleet
+                .authz
+                .check("/v1/app_cert", &[("x-forwarded-client-cert", &xfcc)])
+        ),
+        401
+    );
+    let v = trusting.check("/v1/app_cert", &[("x-forwarded-client-cert", &xfcc)]);
+    assert_eq!(verdict_status(&v), 200, "{v}");
+    assert!(verdict_headers(&v).contains(&("Portal-Device-ID".into(), a_id.clone())));
+    for garbage in [
+        "Hash=zz",
+        "Hash=\"unterminated",
+        "By=x",
+        &format!("Hash={fingerprint},By=x"),
+    ] {
+        let v = trusting.check("/v1/app_cert", &[("x-forwarded-client-cert", garbage)]);
+        assert_eq!(verdict_status(&v), 401, "{garbage}: {v}");
+    }
+    // and the next good request on the same replica
+    assert_eq!(
+        verdict_status(&trusting.check("/v1/app_cert", &[("x-forwarded-client-cert", &xfcc)])),
+        200
+    );
+}
+
+/// Percent-encodes everything but unreserved characters (as Envoy URL-encodes the PEM).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 edgeguard_tests::flavoured!(devices_are_identified_refused_and_revoked);
