@@ -367,7 +367,10 @@ fn devices_are_stamped_metered_and_refused() {
     assert_eq!(h.header("portal-account-id").as_deref(), Some("acc_dev"));
     let seen = meter.drain_seen(10);
     assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].device_id.as_str(), seen[0].last_seen), ("dev_1", NOW));
+    assert_eq!(
+        (seen[0].device_id.as_str(), seen[0].last_seen),
+        ("dev_1", NOW)
+    );
     assert_eq!(meter.total(), 1);
 
     // unknown certificate, none, a key: 401, the forged device header never reaches upstream
@@ -378,7 +381,10 @@ fn devices_are_stamped_metered_and_refused() {
         assert_eq!(decide_with(&cfg, &c, &h, &meter).outcome, Outcome::Denied);
         assert_eq!(h.reply.borrow().as_ref().unwrap().status, 401);
     }
-    assert!(meter.drain_seen(10).is_empty(), "refused devices are not seen");
+    assert!(
+        meter.drain_seen(10).is_empty(),
+        "refused devices are not seen"
+    );
 
     // either: the key does it without a certificate (no device header)
     let h = host("/v1/either", &[("authorization", "k")]);
