@@ -64,21 +64,25 @@ for f in "$ENVOY" "$BIN" "${FILTER_FILES[@]}" "$APPS_FILE" "$GATEKEEPER_POLICY";
 done
 mkdir -p "$RUN_DIR"
 # a demo fleet CA (made once per run folder): edgeguard enroll signs device certificates with
-# it, Envoy's device listener requires client certificates chaining to it and presents a
-# server certificate it signed for 127.0.0.1
-if [ ! -s "$RUN_DIR/fleet-ca.pem" ]; then
+# it and Envoy's device listener requires client certificates chaining to it; a second CA, for
+# servers only, signs the certificate that listener presents for 127.0.0.1 (a fleet CA that
+# also signed servers would make a server certificate pass as a client one)
+ca() { # name, subject
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
-    -subj "/CN=edgeguard demo fleet CA" -addext basicConstraints=critical,CA:TRUE \
+    -subj "/CN=$2" -addext basicConstraints=critical,CA:TRUE \
     -addext keyUsage=critical,keyCertSign,cRLSign \
-    -keyout "$RUN_DIR/fleet-ca.key" -out "$RUN_DIR/fleet-ca.pem" 2>/dev/null
-  rm -f "$RUN_DIR/envoy-server.pem"
+    -keyout "$RUN_DIR/$1.key" -out "$RUN_DIR/$1.pem" 2>/dev/null
+}
+if [ ! -s "$RUN_DIR/fleet-ca.pem" ]; then
+  ca fleet-ca "edgeguard demo fleet CA"
 fi
-if [ ! -s "$RUN_DIR/envoy-server.pem" ]; then
+if [ ! -s "$RUN_DIR/server-ca.pem" ] || [ ! -s "$RUN_DIR/envoy-server.pem" ]; then
+  ca server-ca "edgeguard demo server CA"
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
     -keyout "$RUN_DIR/envoy-server.key" -out "$RUN_DIR/envoy-server.csr" 2>/dev/null
   printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$RUN_DIR/envoy-server.ext"
-  openssl x509 -req -days 365 -sha256 -in "$RUN_DIR/envoy-server.csr" -CA "$RUN_DIR/fleet-ca.pem" \
-    -CAkey "$RUN_DIR/fleet-ca.key" -CAcreateserial -extfile "$RUN_DIR/envoy-server.ext" \
+  openssl x509 -req -days 365 -sha256 -in "$RUN_DIR/envoy-server.csr" -CA "$RUN_DIR/server-ca.pem" \
+    -CAkey "$RUN_DIR/server-ca.key" -CAcreateserial -extfile "$RUN_DIR/envoy-server.ext" \
     -out "$RUN_DIR/envoy-server.pem" 2>/dev/null
 fi
 
@@ -209,15 +213,16 @@ edgeguard demo is up ($FLAVOUR filters; logs in $RUN_DIR). Try:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=my-kiosk -keyout $RUN_DIR/device.key -out $RUN_DIR/device.csr
   curl -sf -H "Authorization: Bearer <the token above>" -H 'Content-Type: application/pkcs10' --data-binary @$RUN_DIR/device.csr -o $RUN_DIR/device.pem 'http://127.0.0.1:$ENROLL_PORT/enroll/v1'
   openssl verify -CAfile $RUN_DIR/fleet-ca.pem $RUN_DIR/device.pem
-  # the fleet as the registry holds it ($RUN_DIR/devices.yaml; last_seen_at: its heartbeat)
+  # the fleet as the registry holds it ($RUN_DIR/devices.yaml; last_seen_at is written by
+  # heartbeats with a Postgres registry, so it stays empty in this DB-less demo)
   curl -s -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/devices'
   # call as the device over mutual TLS (demo_device takes device certificates of acct_team only):
   # 200, with Portal-Device-ID / Portal-Account-ID stamped for the upstream
-  curl -s --cacert $RUN_DIR/fleet-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
+  curl -s --cacert $RUN_DIR/server-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
   # without a certificate the TLS handshake is refused (curl: exit 56)
-  curl -s --cacert $RUN_DIR/fleet-ca.pem 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
+  curl -s --cacert $RUN_DIR/server-ca.pem 'https://127.0.0.1:$DEVICE_PORT/v1/demo_device'
   # the gatekeeper, reached with the certificate: its token is bound to it (cnf.x5t#S256, RFC 8705)
-  curl -s --cacert $RUN_DIR/fleet-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key -X POST 'https://127.0.0.1:$DEVICE_PORT/gatekeeper/items'
+  curl -s --cacert $RUN_DIR/server-ca.pem --cert $RUN_DIR/device.pem --key $RUN_DIR/device.key -X POST 'https://127.0.0.1:$DEVICE_PORT/gatekeeper/items'
   # revoke the device (id from the list above): the same call as the device gets 401 within 2 s
   curl -s -X POST -H 'Authorization: Bearer $ENROLL_ADMIN_TOKEN' 'http://127.0.0.1:$ENROLL_PORT/admin/v1/devices/<device id>/revoke'
 

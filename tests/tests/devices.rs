@@ -421,6 +421,11 @@ fn devices_are_identified_refused_and_revoked(flavour: Flavour) {
             },
         );
     }
+    // a token handed out before the account is revoked must not enroll a device after it
+    let pending = fleet.enroll.token(ACCOUNT, 600, 5)["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let r = fleet
         .enroll
         .admin("POST", &format!("/admin/v1/accounts/{ACCOUNT}/revoke"), "");
@@ -439,6 +444,13 @@ fn devices_are_identified_refused_and_revoked(flavour: Flavour) {
         "a was revoked before: {v}"
     );
     assert_eq!(v["already_revoked"], 1, "{v}");
+    assert!(v["tokens_voided"].as_u64().unwrap_or(0) >= 1, "{v}");
+    let late = TestDevice::new(fleet.dir(), "kiosk-late", "kiosk-late");
+    let (late_status, body) = curl_enroll(fleet.enroll.port, &pending, &late.csr, &late.cert);
+    assert_eq!(
+        late_status, 403,
+        "an account's token after its revocation: {body}"
+    );
     for (name, envoy) in envoys {
         eventually(
             &format!("{name}: the revoked account's devices are refused"),

@@ -97,7 +97,6 @@ impl Meter {
         }
     }
 
-    /// Relays ever counted (never decreases).
     /// Records that a device made an allowed request at `now` (Unix seconds).
     pub fn seen(&self, device_id: &Arc<str>, now: i64) {
         let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -123,6 +122,7 @@ impl Meter {
             .collect()
     }
 
+    /// Relays ever counted (never decreases).
     pub fn total(&self) -> u64 {
         self.shards
             .iter()

@@ -121,7 +121,8 @@ pub fn authenticate<'d>(
 ) -> Result<&'d Device, DeviceRefusal> {
     let peer = peer.ok_or(DeviceRefusal::NoCertificate)?;
     let device = lookup(&peer.fingerprint).ok_or(DeviceRefusal::UnknownCertificate)?;
-    if peer.now >= device.not_after {
+    // a clock that could not be read (0, or before the epoch) cannot show a certificate valid
+    if peer.now <= 0 || peer.now >= device.not_after {
         return Err(DeviceRefusal::Expired);
     }
     if &*device.account_id != account_id {
@@ -230,6 +231,13 @@ mod tests {
             authenticate(Some(&peer(1, 999)), look, "acc2"),
             Err(DeviceRefusal::OtherAccount)
         );
+        // a host whose clock failed (now = 0) proves nothing valid
+        for now in [0, -5] {
+            assert_eq!(
+                authenticate(Some(&peer(1, now)), look, "acc1"),
+                Err(DeviceRefusal::Expired)
+            );
+        }
     }
 
     #[test]

@@ -59,6 +59,21 @@ impl<'a> CheckHeaders<'a> {
         }
     }
 
+    /// Every value of a header, in order, joined with `,` (how HTTP lists repeated headers):
+    /// `headers` holds them joined already, `header_map` one entry per line.
+    pub fn all(&self, lower_case_name: &str) -> Option<String> {
+        let raw: Vec<&str> = self
+            .raw
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(lower_case_name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if !raw.is_empty() {
+            return Some(raw.join(","));
+        }
+        self.get(lower_case_name).map(str::to_string)
+    }
+
     /// Every header name the client sent.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map
@@ -189,19 +204,22 @@ impl AuthzService {
     /// element of `x-forwarded-client-cert`. A certificate that cannot be read is no
     /// certificate (an app that needs one answers 401).
     fn peer(&self, req: &CheckRequest, headers: Option<&CheckHeaders<'_>>) -> Option<Peer> {
-        let from_connection = req
+        let certificate = req
             .attributes
             .as_ref()
             .and_then(|a| a.source.as_ref())
             .map(|s| s.certificate.as_str())
-            .filter(|c| !c.is_empty())
-            .and_then(device::pem_fingerprint);
-        let fingerprint = match from_connection {
-            Some(f) => Some(f),
-            None if self.trust_xfcc => headers
-                .and_then(|h| h.get(xfcc::HEADER))
-                .and_then(|v| xfcc::last_hash(v).ok()),
-            None => None,
+            .unwrap_or("");
+        let fingerprint = if !certificate.is_empty() {
+            // the connection's certificate, when Envoy sent one, is the only one that counts:
+            // unreadable, it is no certificate (never a reason to believe a header instead)
+            device::pem_fingerprint(certificate)
+        } else if self.trust_xfcc {
+            headers
+                .and_then(|h| h.all(xfcc::HEADER))
+                .and_then(|v| xfcc::last_hash(&v).ok())
+        } else {
+            None
         }?;
         Some(Peer {
             fingerprint,

@@ -225,6 +225,16 @@ impl Registry {
         }
     }
 
+    /// Voids every unused token of an account (before its devices are revoked, so none can
+    /// enroll meanwhile: an enrollment holds its token row locked, so it either committed
+    /// before, and its device is then listed and revoked, or finds the token used up).
+    pub async fn void_account_tokens(&self, account_id: &str) -> Result<u64, StoreError> {
+        match self {
+            Registry::Postgres(r) => r.void_account_tokens(account_id).await,
+            Registry::File(r) => r.void_account_tokens(account_id).await,
+        }
+    }
+
     /// Stores a one-use re-key token for a device that is not revoked.
     pub async fn create_rekey_token(&self, t: &TokenRecord) -> Result<(), DeviceError> {
         match self {

@@ -298,6 +298,23 @@ impl FileRegistry {
         st.devices.iter().find(|d| d.id == id).cloned()
     }
 
+    /// Voids every unused enrollment or re-key token of an account; returns how many.
+    pub async fn void_account_tokens(&self, account_id: &str) -> Result<u64, StoreError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let mut n = 0u64;
+        for t in next.enrollment_tokens.iter_mut() {
+            if t.account_id == account_id && t.uses_left > 0 {
+                t.uses_left = 0;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.commit(&mut st, next).await?;
+        }
+        Ok(n)
+    }
+
     pub async fn revoke(&self, id: &str, now: i64) -> Result<Device, DeviceError> {
         let mut st = self.state.lock().await;
         let Some(di) = st.devices.iter().position(|d| d.id == id) else {

@@ -260,6 +260,17 @@ impl PgRegistry {
         Ok(row.as_ref().map(device_of).transpose()?)
     }
 
+    /// Voids every unused enrollment or re-key token of an account; returns how many.
+    pub async fn void_account_tokens(&self, account_id: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE edgeguard_enrollment_tokens SET uses_left = 0 WHERE account_id = $1 AND uses_left > 0",
+        )
+        .bind(account_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn revoke(&self, id: &str, now: i64) -> Result<Device, DeviceError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let row = sqlx::query(concat!(

@@ -447,9 +447,9 @@ async fn revoke(
     }
 }
 
-/// Revokes every device of an account (each durably, one after the other; a retry finishes
-/// what a failure left): the account's devices are refused by every Envoy within the store's
-/// propagation time.
+/// Revokes an account: voids its unused enrollment and re-key tokens, then revokes every device
+/// of it (each durably, one after the other; a retry finishes what a failure left): the
+/// account's devices are refused by every Envoy within the store's propagation time.
 async fn revoke_account(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -458,6 +458,11 @@ async fn revoke_account(
     if let Some(r) = app.admin_refusal(&headers) {
         return r;
     }
+    // first the tokens (no device of the account can enroll from now on), then the devices
+    let voided = match app.registry.void_account_tokens(&account_id).await {
+        Ok(n) => n,
+        Err(e) => return store_failure(&e),
+    };
     let devices = match app.registry.devices(Some(&account_id)).await {
         Ok(d) => d,
         Err(e) => return store_failure(&e),
@@ -482,10 +487,10 @@ async fn revoke_account(
             Err(e) => return device_error(e),
         }
     }
-    info!(account_id = %account_id, revoked = revoked.len(), already_revoked = already, "account's devices revoked");
+    info!(account_id = %account_id, revoked = revoked.len(), already_revoked = already, tokens_voided = voided, "account's devices revoked");
     respond(
         200,
-        json!({"account_id": account_id, "revoked": revoked, "already_revoked": already})
+        json!({"account_id": account_id, "revoked": revoked, "already_revoked": already, "tokens_voided": voided})
             .to_string(),
         Vec::new(),
     )

@@ -82,14 +82,16 @@ SELECT 0 AS kind, reporter AS id, seq AS n FROM new_reports
 UNION ALL SELECT 1, account_id, total FROM accounts
 UNION ALL SELECT 2, '', count(*) FROM apps";
 
-/// Heartbeats (`$1` device ids, `$2` Unix seconds): each device's `last_seen_at` moves
-/// forward to the latest time seen (migration 0005; last_seen_at is not a column its change
+/// Heartbeats (`$1` device ids, `$2` Unix seconds, clamped to [epoch, the database's now]
+/// so a wrong clock or a hostile report can neither fail the statement nor pin a future time):
+/// each device's `last_seen_at` moves forward to the latest time seen (migration 0005; last_seen_at is not a column its change
 /// trigger watches, so this sends no notification). Idempotent, so not part of the
-/// exactly-once statement: a failure is logged and the next report brings newer times.
+/// exactly-once statement: a failure is logged, and those times are lost (the device's next
+/// request brings a newer one).
 pub const HEARTBEAT_SQL: &str = "\
 UPDATE edgeguard_devices d SET last_seen_at = s.t
-FROM (SELECT id, to_timestamp(max(t)) AS t FROM unnest($1::text[], $2::bigint[]) AS s(id, t)
-      GROUP BY id) s
+FROM (SELECT id, to_timestamp(LEAST(GREATEST(max(t), 0), extract(epoch FROM now())::int8)) AS t
+      FROM unnest($1::text[], $2::bigint[]) AS s(id, t) GROUP BY id) s
 WHERE d.id = s.id AND (d.last_seen_at IS NULL OR d.last_seen_at < s.t)";
 
 /// Applied-report ids are kept this long (a reporter retrying longer could be applied twice).
@@ -198,7 +200,7 @@ impl PgSink {
             {
                 Ok(done) => out.heartbeats = done.rows_affected(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record device heartbeats (last_seen_at); the next report brings them again")
+                    tracing::warn!(error = %e, "cannot record device heartbeats (last_seen_at); their next requests will")
                 }
             }
         }

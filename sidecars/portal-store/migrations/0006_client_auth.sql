@@ -14,6 +14,11 @@
 --
 -- and the store re-reads that app. Idempotent: the table is created if missing, the function
 -- replaced and the triggers dropped and re-created.
+--
+-- Also here: a statement-level notification for migration 0005's
+-- `edgeguard_revoked_certificates` ({"table": "edgeguard_revoked_certificates", "op": ...}), so a
+-- fingerprint revoked there directly (not through `edgeguard enroll`, which also updates the
+-- device row) reaches every Envoy as fast as a device change: the store reads the devices again.
 
 CREATE TABLE IF NOT EXISTS edgeguard_app_client_auth (
     application_id TEXT        PRIMARY KEY,
@@ -51,3 +56,17 @@ DROP TRIGGER IF EXISTS edgeguard_app_client_auth_truncate ON edgeguard_app_clien
 CREATE TRIGGER edgeguard_app_client_auth_truncate
     AFTER TRUNCATE ON edgeguard_app_client_auth
     FOR EACH STATEMENT EXECUTE FUNCTION edgeguard_app_client_auth_notify();
+
+CREATE OR REPLACE FUNCTION edgeguard_revoked_certificates_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('edgeguard_portal_changes',
+        json_build_object('table', TG_TABLE_NAME, 'op', TG_OP)::text);
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS edgeguard_revoked_certificates_changes ON edgeguard_revoked_certificates;
+CREATE TRIGGER edgeguard_revoked_certificates_changes
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON edgeguard_revoked_certificates
+    FOR EACH STATEMENT EXECUTE FUNCTION edgeguard_revoked_certificates_notify();

@@ -3,16 +3,18 @@
 //! JSON, written atomically (temporary file in the same directory, fsync, rename):
 //!
 //! ```json
-//! {"format": "edgeguard-portal-snapshot", "format_version": 1, "origin": "postgres",
+//! {"format": "edgeguard-portal-snapshot", "format_version": 2, "origin": "postgres",
 //!  "written_at_unix_ms": 1764000000000, "data_time_unix_ms": 1764000000000,
 //!  "accounts": [["acc1", "PLAN_FREE", 0], ["acc2", "PLAN_UNLIMITED", 40000000]],
 //!  "apps": [["app1", 0, ""], ["app2", 1, "5e88...(64 hex)"], ["app3", 0, "missing"]],
-//!  "usage": [["acc1", 1500000]]}
+//!  "usage": [["acc1", 1500000]], "client_auth": [["app3", "certificate"]]}
 //! ```
 //!
 //! `accounts` lists each distinct (account id, plan, monthly limit) once; an app row is
 //! `[id, index into accounts, auth]` with auth `""` (public), `"missing"` (key required, none
 //! configured) or the 64-hex SHA-256 digest of the key. Plaintext keys are never written.
+//! `client_auth` lists the apps that are not `key` (version 2; a version 1 file has none).
+//! Device certificates are not written: a file read at start may predate a revocation.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -29,7 +31,10 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::snapshot::{AppMap, Interner, Snapshot, UsageMap};
 
 const FORMAT: &str = "edgeguard-portal-snapshot";
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 added `client_auth` (an older reader refuses the file rather than reading a
+/// certificate-only app as a key app); version 1 files (no `client_auth`: every app `key`)
+/// are still read.
+const FORMAT_VERSION: u32 = 2;
 
 /// Why the snapshot file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +224,9 @@ pub(crate) fn read(path: &Path) -> Result<FileData, SnapshotFileError> {
     })?;
     let doc: In = serde_json::from_reader(BufReader::with_capacity(1 << 20, f))
         .map_err(|e| invalid(e.to_string()))?;
-    if doc.format != FORMAT || doc.format_version != FORMAT_VERSION {
+    if doc.format != FORMAT || !(1..=FORMAT_VERSION).contains(&doc.format_version) {
         return Err(invalid(format!(
-            "unsupported format {:?} version {} (expected {FORMAT:?} version {FORMAT_VERSION})",
+            "unsupported format {:?} version {} (expected {FORMAT:?} version 1 to {FORMAT_VERSION})",
             doc.format, doc.format_version
         )));
     }

@@ -55,11 +55,13 @@ SELECT account_id, relays FROM account_monthly_usage
 WHERE month = $1::date AND updated_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond';";
 
 /// The valid device certificates (migration 0005, kept by `edgeguard enroll`): devices not
-/// revoked, whose certificate no revocation or re-key listed.
+/// revoked, whose certificate no revocation or re-key listed (a `not_after` of `infinity`,
+/// which no issued certificate has, is left out rather than failing the whole read).
 pub const SELECT_DEVICES: &str = "\
 SELECT d.id, d.account_id, d.fingerprint_sha256, extract(epoch FROM d.not_after)::int8
 FROM edgeguard_devices d
 WHERE d.revoked_at IS NULL
+  AND isfinite(d.not_after)
   AND NOT EXISTS (SELECT 1 FROM edgeguard_revoked_certificates r
                   WHERE r.fingerprint_sha256 = d.fingerprint_sha256);";
 

@@ -5,9 +5,13 @@
 //! `not_after` and `revoked_at`, and the fingerprints of `revoked_certificates` (a re-key's old
 //! certificate, a revoked device's). Other members (enrollment tokens, labels) are ignored.
 //! `edgeguard enroll` writes the file atomically (temporary file + rename), and it ends with
-//! the YAML end marker `...`: a file without it (cut short, half written by something else) is
-//! refused and the devices published before stay. A file that cannot be read never publishes
-//! *more* devices than it lists.
+//! the YAML end marker `...`. A file that is missing, cannot be read, lacks the marker (cut
+//! short, half written by something else) or is not the registry format publishes **no**
+//! devices: it may have lost a revocation, so keeping the devices read before could let a
+//! revoked one in. An entry that cannot be used (a fingerprint that is not 64 hex digits, an
+//! unreadable `not_after`) is skipped (that device is refused) and counted; a fingerprint listed
+//! revoked anywhere (a revoked entry, `revoked_certificates`) is refused wherever else it
+//! appears.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,8 +61,9 @@ fn rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
 }
 
-/// Parses a devices file: the valid device certificates, or why the file is refused.
-pub(crate) fn parse(text: &str) -> Result<DeviceMap, String> {
+/// Parses a devices file: the valid device certificates and how many entries were skipped,
+/// or why the whole file is refused.
+pub(crate) fn parse(text: &str) -> Result<(DeviceMap, usize), String> {
     if !text.trim_end().ends_with("\n...") {
         return Err("it does not end with the YAML end marker line '...' (cut short?)".into());
     }
@@ -67,19 +72,29 @@ pub(crate) fn parse(text: &str) -> Result<DeviceMap, String> {
     if doc.format != FORMAT {
         return Err(format!("format is {:?}, not {FORMAT:?}", doc.format));
     }
-    let revoked: FxHashSet<[u8; 32]> = doc
+    let mut revoked: FxHashSet<[u8; 32]> = doc
         .revoked_certificates
         .iter()
         .filter_map(|r| parse_fingerprint(&r.fingerprint_sha256))
         .collect();
+    revoked.extend(
+        doc.devices
+            .iter()
+            .filter(|e| e.revoked_at.is_some())
+            .filter_map(|e| parse_fingerprint(&e.fingerprint_sha256)),
+    );
     let mut interner = Interner::default();
     let mut devices = DeviceMap::default();
-    for (i, e) in doc.devices.iter().enumerate() {
-        let fingerprint = parse_fingerprint(&e.fingerprint_sha256)
-            .ok_or_else(|| format!("devices[{i}]: fingerprint_sha256 is not 64 hex digits"))?;
-        let not_after = rfc3339(&e.not_after)
-            .ok_or_else(|| format!("devices[{i}]: not_after is not an RFC 3339 time"))?;
-        if e.revoked_at.is_some() || revoked.contains(&fingerprint) {
+    let mut skipped = 0usize;
+    for e in &doc.devices {
+        let (Some(fingerprint), Some(not_after)) = (
+            parse_fingerprint(&e.fingerprint_sha256),
+            rfc3339(&e.not_after),
+        ) else {
+            skipped += 1;
+            continue;
+        };
+        if revoked.contains(&fingerprint) {
             continue;
         }
         devices.insert(
@@ -91,10 +106,10 @@ pub(crate) fn parse(text: &str) -> Result<DeviceMap, String> {
             },
         );
     }
-    Ok(devices)
+    Ok((devices, skipped))
 }
 
-fn read(path: &Path) -> Result<DeviceMap, String> {
+fn read(path: &Path) -> Result<(DeviceMap, usize), String> {
     let bytes =
         edgeguard_yaml_guard::read_limited(path, MAX_FILE_BYTES).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8".to_string())?;
@@ -104,38 +119,59 @@ fn read(path: &Path) -> Result<DeviceMap, String> {
 /// Watches `path` and publishes its devices whenever it changes (and at start).
 pub(crate) fn spawn(publisher: Publisher, path: PathBuf) -> JoinHandle<()> {
     crate::background::handle().spawn(async move {
+        // (modified, length) of the file last read; `None` also after a failure, so the file
+        // is read again as soon as it changes
         let mut seen: Option<(SystemTime, u64)> = None;
         let mut throttle = LogThrottle::default();
+        let mut cleared = false;
         loop {
             let stamp = tokio::fs::metadata(&path)
                 .await
                 .ok()
                 .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()));
-            if stamp.is_some() && stamp != seen {
-                let p = path.clone();
-                match tokio::task::spawn_blocking(move || read(&p)).await {
-                    Ok(Ok(devices)) => {
-                        seen = stamp;
-                        throttle.clear();
-                        let count = devices.len();
-                        let published = publisher.publish_devices(devices);
-                        tracing::info!(
-                            file = %path.display(),
-                            devices = count,
-                            changed = published.devices_changed,
-                            version = published.version,
-                            "device certificates loaded from the devices file"
-                        );
-                    }
-                    Ok(Err(message)) => {
-                        if throttle.allow(&message) {
-                            tracing::warn!(file = %path.display(), error = %message, "devices file refused; the devices loaded before stay");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "devices file reader failed"),
+            let outcome = match stamp {
+                Some(s) if Some(s) == seen => None,
+                Some(s) => {
+                    let p = path.clone();
+                    let read = tokio::task::spawn_blocking(move || read(&p))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("reader failed: {e}")));
+                    Some((s, read))
                 }
-            } else if stamp.is_none() && throttle.allow("missing") {
-                tracing::warn!(file = %path.display(), "devices file cannot be read (not there yet?); no device is let in until it can");
+                None => Some((
+                    (UNIX_EPOCH, 0),
+                    Err("it cannot be read (missing?)".to_string()),
+                )),
+            };
+            match outcome {
+                None => {}
+                Some((stamp, Ok((devices, skipped)))) => {
+                    seen = Some(stamp);
+                    cleared = false;
+                    throttle.clear();
+                    if skipped > 0 {
+                        tracing::warn!(file = %path.display(), skipped, "devices file: entries with a fingerprint that is not 64 hex digits or an unreadable not_after were skipped; those devices are refused");
+                    }
+                    let count = devices.len();
+                    let published = publisher.publish_devices(devices);
+                    tracing::info!(
+                        file = %path.display(),
+                        devices = count,
+                        changed = published.devices_changed,
+                        version = published.version,
+                        "device certificates loaded from the devices file"
+                    );
+                }
+                Some((_, Err(message))) => {
+                    seen = None;
+                    if throttle.allow(&message) {
+                        tracing::warn!(file = %path.display(), error = %message, "devices file refused: no device is let in until it can be read (it may have lost a revocation)");
+                    }
+                    if !cleared {
+                        cleared = true;
+                        publisher.publish_devices(DeviceMap::default());
+                    }
+                }
             }
             tokio::time::sleep(POLL).await;
         }
@@ -183,7 +219,8 @@ mod tests {
             ),
             &format!("- fingerprint_sha256: {FP3}\n  device_id: d3\n  revoked_at: 2026-06-01T00:00:00Z\n"),
         );
-        let d = parse(&text).unwrap();
+        let (d, skipped) = parse(&text).unwrap();
+        assert_eq!(skipped, 0);
         assert_eq!(
             d.len(),
             1,
@@ -203,8 +240,24 @@ mod tests {
         }
         let e = parse(&text.replace("edgeguard-devices", "something-else")).unwrap_err();
         assert!(e.contains("format"), "{e}");
-        let e = parse(&text.replace(FP1, "abc")).unwrap_err();
-        assert!(e.contains("64 hex digits"), "{e}");
-        assert!(parse(&file("", "")).unwrap().is_empty());
+        assert!(parse(&file("", "")).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_and_revocations_win() {
+        let text = file(
+            &format!(
+                "{}{}{}{}",
+                entry("bad", "abc", None),
+                entry("d1", FP1, None),
+                // the same certificate listed again, revoked: revoked wherever it appears
+                entry("d1-again", FP1, Some("2026-06-01T00:00:00Z")),
+                entry("d2", FP2, None).replace("2027-01-01T00:00:00Z", "next tuesday"),
+            ),
+            "",
+        );
+        let (d, skipped) = parse(&text).unwrap();
+        assert_eq!(skipped, 2, "the bad fingerprint and the bad date");
+        assert!(d.is_empty(), "{d:?}");
     }
 }

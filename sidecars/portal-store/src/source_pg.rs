@@ -765,14 +765,15 @@ enum Parsed {
     Devices,
 }
 
-/// The table of device certificates.
-const DEVICES_TABLE: &str = "edgeguard_devices";
+/// The tables whose changes make the store read the device certificates again (migration
+/// 0005's devices, and the certificates revoked or replaced by a re-key).
+const DEVICE_TABLES: [&str; 2] = ["edgeguard_devices", "edgeguard_revoked_certificates"];
 
 fn parse_payload(payload: &str) -> (String, Parsed) {
     match serde_json::from_str::<Payload>(payload) {
         Ok(p) => {
             let table = p.table.unwrap_or_else(|| "unknown".into());
-            if table == DEVICES_TABLE {
+            if DEVICE_TABLES.contains(&table.as_str()) {
                 return (table, Parsed::Devices);
             }
             let truncate =
@@ -1000,6 +1001,7 @@ mod tests {
         for devices in [
             r#"{"table":"edgeguard_devices","op":"INSERT","device_id":"dev_1","account_id":"a"}"#,
             r#"{"table":"edgeguard_devices","op":"TRUNCATE"}"#,
+            r#"{"table":"edgeguard_revoked_certificates","op":"INSERT"}"#,
         ] {
             assert!(
                 matches!(parse_payload(devices).1, Parsed::Devices),
