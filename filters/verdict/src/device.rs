@@ -279,4 +279,14 @@ mod tests {
         assert_eq!(parse_fingerprint(&hex[..62]), None);
         assert_eq!(parse_fingerprint(&format!("{}zz", &hex[..62])), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_pem_never_panics(s in "\\PC{0,300}") {
+            let _ = pem_fingerprint(&s);
+            let wrapped = format!("-----BEGIN CERTIFICATE-----{s}-----END CERTIFICATE-----");
+            let _ = pem_fingerprint(&wrapped);
+            let _ = parse_fingerprint(&s);
+        }
+    }
 }

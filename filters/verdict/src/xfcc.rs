@@ -210,4 +210,20 @@ mod tests {
             assert_eq!(last_hash(v), Err(e), "{v:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_headers_never_panic(s in "\\PC{0,200}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = last_hash(&s);
+            let _ = parse(&s);
+            let lossy = String::from_utf8_lossy(&bytes);
+            let _ = last_hash(&lossy);
+        }
+
+        #[test]
+        fn a_hash_survives_any_quoted_subject(subject in "[^\\\\\"]{0,40}", h in "[0-9a-f]{64}") {
+            let v = format!("By=spiffe://a;Subject=\"{subject}\";Hash={h}");
+            proptest::prop_assert_eq!(last_hash(&v).ok(), hex32(&h));
+        }
+    }
 }
