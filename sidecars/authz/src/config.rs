@@ -113,12 +113,7 @@ fn store_token(s: &str) -> Result<StoreToken, String> {
     Ok(StoreToken(s.to_string()))
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use edgeguard_logging::LogFormat;
 
 #[derive(Args, Clone, Debug)]
 pub struct AuthzArgs {

@@ -19,7 +19,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
-use crate::config::{AuthzArgs, LogFormat, StoreToken};
+use crate::config::{AuthzArgs, StoreToken};
 use crate::metrics::Metrics;
 use crate::service::AuthzService;
 use crate::{StoreHandle, EXT_AUTHZ_DESCRIPTOR};
@@ -49,18 +49,12 @@ pub enum AuthzError {
 }
 
 fn init_logging(args: &AuthzArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{lvl},h2=warn,hyper=warn,tower=warn,sqlx=warn",
-        lvl = args.logger_level
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    edgeguard_logging::init(
+        &args.logger_level,
+        "h2=warn,hyper=warn,tower=warn,sqlx=warn",
+        args.log_format,
+        true,
+    );
 }
 
 /// Adapts the store to the service.

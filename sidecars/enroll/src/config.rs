@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -17,12 +17,7 @@ pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 /// The longest enrollment-token lifetime (setting and request alike).
 pub const MAX_ENROLLMENT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use edgeguard_logging::LogFormat;
 
 /// A secret from the command line or the environment: never printed.
 #[derive(Clone, PartialEq, Eq)]

@@ -32,9 +32,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::ca::{Ca, CaError};
-use crate::config::{
-    check_trust_domain, AdminToken, EnrollArgs, LogFormat, MAX_ENROLLMENT_TOKEN_TTL,
-};
+use crate::config::{check_trust_domain, AdminToken, EnrollArgs, MAX_ENROLLMENT_TOKEN_TTL};
 use crate::csr::{self, MAX_CSR_BYTES};
 use crate::metrics::Metrics;
 use crate::registry::{Device, DeviceError, EnrollError as Refused, Registry, TokenRecord};
@@ -735,17 +733,12 @@ pub fn router(app: Arc<App>) -> axum::Router {
 }
 
 fn init_logging(args: &EnrollArgs) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("{},hyper=warn,sqlx=warn", args.log_level))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_target(false);
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    edgeguard_logging::init(
+        &args.log_level,
+        "hyper=warn,sqlx=warn",
+        args.log_format,
+        edgeguard_logging::stdout_is_terminal(),
+    );
 }
 
 fn config(message: impl Into<String>) -> EnrollError {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
 use crate::client_cert::BindTokens;
 use crate::signing::SigningAlg;
@@ -31,12 +31,7 @@ pub enum GatekeeperCommand {
     Rotate(RotateArgs),
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use edgeguard_logging::LogFormat;
 
 /// A secret given on the command line or in the environment: never printed.
 #[derive(Clone)]

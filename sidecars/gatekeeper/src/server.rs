@@ -22,7 +22,7 @@ use crate::answer::{self, TokenSettings};
 use crate::api_keys::{ApiKeyError, ApiKeys};
 use crate::caller::Authenticator;
 use crate::client_cert::{self, BindTokens};
-use crate::config::{LogFormat, ServeArgs, JWT_SHAPE_DEFAULT_REFRESH};
+use crate::config::{ServeArgs, JWT_SHAPE_DEFAULT_REFRESH};
 use crate::keyring::{self, KeyDirError, Lifecycle};
 use crate::metrics::Metrics;
 use crate::oidc::{default_algorithms, Oidc, OidcConfig, OidcError};
@@ -334,19 +334,12 @@ pub fn router(app: Arc<App>) -> axum::Router {
 }
 
 fn init_logging(args: &ServeArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{},hyper=warn,reqwest=warn,rustls=warn",
-        args.log_level
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_target(false);
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    edgeguard_logging::init(
+        &args.log_level,
+        "hyper=warn,reqwest=warn,rustls=warn",
+        args.log_format,
+        edgeguard_logging::stdout_is_terminal(),
+    );
 }
 
 fn config(message: impl Into<String>) -> GatekeeperError {
